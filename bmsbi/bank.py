@@ -1,0 +1,482 @@
+"""Simulation banks: vmapped, chunked, sharded, resumable and NaN-aware.
+
+:func:`simulate_bank` maps a JAX-traceable simulator over parameters drawn from a
+:class:`~bmsbi.Prior`. Each simulation ``i`` gets its parameters and its noise from
+keys derived from ``(key, i)``, so the bank does not depend on how the work is cut
+into chunks, devices or processes. Chunks are written atomically when ``path`` is
+given, and a second call with the same arguments resumes where a killed run stopped.
+
+:class:`Bank` holds ``theta (n, d)`` and ``x (n, *x_shape)`` with names and metadata,
+and reads/writes ``.npz`` files or bank directories (JSON manifest + ``.npz``
+chunks). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._checks import as_key, check_positive_int
+from .prior import Prior, as_prior
+
+__all__ = ["Bank", "simulate_bank"]
+
+SCHEMA_VERSION = 1
+_FORMAT = "bmsbi.bank"
+_ON_INVALID = ("drop", "raise", "keep")
+# Default chunk: bound one chunk's output to about this many bytes.
+_CHUNK_BYTES = 256 * 2**20
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except Exception as exc:  # truncated zip, wrong format, object arrays ...
+        raise ValueError(f"path: {path} is not a readable bmsbi .npz file ({exc})") from None
+
+
+class Bank:
+    """A set of simulations: parameters ``theta (n, d)`` and outputs ``x (n, *x_shape)``.
+
+    Parameters
+    ----------
+    theta : array-like, shape ``(n, d)``
+        Parameters, one row per simulation.
+    x : array-like, shape ``(n, *x_shape)``
+        Simulator outputs (floating point), aligned with ``theta``.
+    names : sequence of str, optional
+        Parameter names (``theta0 ...`` by default).
+    meta : dict, optional
+        JSON-serialisable metadata (how the bank was made, invalid simulations, ...).
+
+    Examples
+    --------
+    >>> import numpy as np, bmsbi
+    >>> bank = bmsbi.Bank(np.zeros((10, 2)), np.ones((10, 3)), names=["a", "b"])
+    >>> len(bank), bank.x_shape
+    (10, (3,))
+    >>> train, val = bank.split(0.8, key=0)
+    >>> len(train), len(val)
+    (8, 2)
+    """
+
+    def __init__(self, theta, x, names: Sequence[str] | None = None, meta: Mapping | None = None):
+        theta = np.asarray(theta)
+        x = np.asarray(x)
+        if theta.ndim != 2:
+            raise ValueError(f"theta: expected shape (n, d), got {theta.shape}")
+        if x.ndim < 1 or x.shape[0] != theta.shape[0]:
+            raise ValueError(
+                f"x: expected shape (n, *x_shape) with n={theta.shape[0]} (the rows of theta), got {x.shape}")
+        for arg, a in (("theta", theta), ("x", x)):
+            if not np.issubdtype(a.dtype, np.floating):
+                raise ValueError(f"{arg}: expected a floating-point array, got dtype {a.dtype}")
+        if names is None:
+            names = [f"theta{i}" for i in range(theta.shape[1])]
+        names = tuple(str(n) for n in names)
+        if len(names) != theta.shape[1]:
+            raise ValueError(f"names: expected {theta.shape[1]} names (columns of theta), got {len(names)}: {names}")
+        meta = dict(meta or {})
+        try:
+            json.dumps(meta)
+        except TypeError as exc:
+            raise ValueError(f"meta: expected JSON-serialisable metadata ({exc})") from None
+        self.theta, self.x, self.names, self.meta = theta, x, names, meta
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return self.theta.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """Number of parameters ``d``."""
+        return self.theta.shape[1]
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """Shape of one simulator output."""
+        return tuple(self.x.shape[1:])
+
+    def __getitem__(self, index) -> "Bank":
+        index = np.arange(len(self))[index]
+        return Bank(self.theta[np.atleast_1d(index)], self.x[np.atleast_1d(index)], self.names, self.meta)
+
+    def __repr__(self) -> str:
+        return f"Bank(n={len(self)}, names={self.names}, x_shape={self.x_shape})"
+
+    def finite_mask(self) -> np.ndarray:
+        """``(n,)`` bool: rows whose ``theta`` and ``x`` are all finite."""
+        return _finite_rows(self.theta) & _finite_rows(self.x)
+
+    def split(self, fraction: float, *, key=0) -> tuple["Bank", "Bank"]:
+        """Random split into ``(first, second)`` with ``round(fraction * n)`` rows in ``first``."""
+        if not (isinstance(fraction, (float, int)) and 0.0 < fraction < 1.0):
+            raise ValueError(f"fraction: expected a number strictly between 0 and 1, got {fraction!r}")
+        perm = np.asarray(jax.random.permutation(as_key(key), len(self)))
+        k = int(round(fraction * len(self)))
+        return self[perm[:k]], self[perm[k:]]
+
+    @staticmethod
+    def concatenate(banks: Sequence["Bank"]) -> "Bank":
+        """Concatenate banks with the same names and ``x_shape`` (e.g. shards)."""
+        banks = list(banks)
+        if not banks or not all(isinstance(b, Bank) for b in banks):
+            raise ValueError("banks: expected a non-empty sequence of bmsbi.Bank")
+        first = banks[0]
+        for i, b in enumerate(banks[1:], 1):
+            if b.names != first.names or b.x_shape != first.x_shape:
+                raise ValueError(
+                    f"banks[{i}]: expected names {first.names} and x_shape {first.x_shape}, "
+                    f"got {b.names} and {b.x_shape}")
+        meta = {"concatenated_from": [len(b) for b in banks]}
+        return Bank(np.concatenate([b.theta for b in banks]), np.concatenate([b.x for b in banks]),
+                    first.names, meta)
+
+    # -------------------------------------------------------------------- files
+    def save(self, path) -> Path:
+        """Write the bank.
+
+        ``path`` ending in ``.npz`` gives one file; any other path gives a bank directory
+        (``manifest.json`` + one ``.npz`` chunk), the same layout :func:`simulate_bank` writes.
+        Returns the path written.
+        """
+        path = Path(path)
+        if path.suffix == ".npz":
+            arrays = {"theta": self.theta, "x": self.x}
+            header = {"format": _FORMAT, "schema": SCHEMA_VERSION, "names": list(self.names),
+                      "meta": self.meta, "checksum": _digest(self.theta, self.x)}
+            _atomic_write(path, lambda f: np.savez(f, header=np.array(json.dumps(header)), **arrays))
+            return path
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"path: {path} exists and is not empty; choose a new folder or a .npz file name")
+        manifest = {"format": _FORMAT, "schema": SCHEMA_VERSION, "names": list(self.names),
+                    "num_simulations": len(self), "chunk_size": max(len(self), 1), "num_chunks": 1,
+                    "x_shape": list(self.x_shape), "on_invalid": "keep", "meta": self.meta}
+        _write_chunk(path, 0, np.arange(len(self)), self.theta, self.x)
+        _atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Bank":
+        """Read a bank written by :meth:`save` or :func:`simulate_bank` (all shards merged)."""
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"path: no bank at {path}")
+        if path.is_dir():
+            manifest = _read_manifest(path)
+            if manifest is None:
+                raise ValueError(f"path: {path} is a folder without a bmsbi manifest.json")
+            return _assemble(path, manifest)
+        data = _load_npz(path)
+        if "header" not in data:
+            raise ValueError(f"path: {path} is an .npz without a bmsbi header")
+        header = json.loads(str(data["header"]))
+        _check_schema(header, path)
+        theta, x = data["theta"], data["x"]
+        if _digest(theta, x) != header.get("checksum"):
+            raise ValueError(f"path: {path} failed its checksum; the file is corrupted or was altered")
+        return cls(theta, x, header["names"], header.get("meta"))
+
+
+def _check_schema(header: Mapping, path) -> None:
+    if header.get("format") != _FORMAT:
+        raise ValueError(f"path: {path} is not a bmsbi bank (format {header.get('format')!r})")
+    if int(header.get("schema", -1)) > SCHEMA_VERSION:
+        raise ValueError(
+            f"path: {path} has bank schema {header.get('schema')}, newer than this bmsbi "
+            f"understands ({SCHEMA_VERSION}); upgrade bmsbi")
+
+
+def _finite_rows(a: np.ndarray) -> np.ndarray:
+    return np.all(np.isfinite(a.reshape(a.shape[0], -1)), axis=1)
+
+
+def _chunk_path(folder: Path, c: int) -> Path:
+    return folder / f"chunk-{c:06d}.npz"
+
+
+def _write_chunk(folder: Path, c: int, index, theta, x) -> None:
+    index, theta, x = np.asarray(index), np.asarray(theta), np.asarray(x)
+    checksum = np.array(_digest(index, theta, x))
+    _atomic_write(_chunk_path(folder, c),
+                  lambda f: np.savez(f, index=index, theta=theta, x=x, checksum=checksum))
+
+
+def _read_chunk(folder: Path, c: int) -> dict | None:
+    p = _chunk_path(folder, c)
+    if not p.exists():
+        return None
+    data = _load_npz(p)
+    if _digest(data["index"], data["theta"], data["x"]) != str(data.get("checksum")):
+        raise ValueError(f"path: chunk {p} failed its checksum; delete it and resume to simulate it again")
+    return data
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    p = folder / "manifest.json"
+    if not p.exists():
+        return None
+    try:
+        manifest = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"path: {p} is not valid JSON ({exc})") from None
+    _check_schema(manifest, p)
+    return manifest
+
+
+def _apply_policy(theta, x, index, on_invalid):
+    """Split rows into kept bank arrays and the record of invalid simulations."""
+    bad = ~_finite_rows(x)
+    invalid = index[bad].tolist()
+    if on_invalid == "drop":
+        theta, x = theta[~bad], x[~bad]
+    return theta, x, invalid
+
+
+def _assemble(folder: Path, manifest: Mapping) -> Bank:
+    n, nc = int(manifest["num_simulations"]), int(manifest["num_chunks"])
+    chunks = [_read_chunk(folder, c) for c in range(nc)]
+    missing = [c for c, ch in enumerate(chunks) if ch is None]
+    if missing:
+        raise ValueError(
+            f"path: bank at {folder} is incomplete: {len(missing)} of {nc} chunks are missing "
+            f"(first: {missing[:5]}); call simulate_bank again with the same arguments to resume")
+    index = np.concatenate([c["index"] for c in chunks])[:n]
+    theta = np.concatenate([c["theta"] for c in chunks])[:n]
+    x = np.concatenate([c["x"] for c in chunks])[:n]
+    theta, x, invalid = _apply_policy(theta, x, index, manifest.get("on_invalid", "keep"))
+    meta = dict(manifest.get("meta") or {})
+    if "fingerprint" in manifest:
+        meta.update(num_simulations=n, num_invalid=len(invalid), invalid_indices=invalid,
+                    on_invalid=manifest["on_invalid"], chunk_size=manifest["chunk_size"],
+                    simulator=manifest["fingerprint"].get("simulator"))
+    return Bank(theta, x, manifest["names"], meta)
+
+
+# --------------------------------------------------------------------- simulate
+def _simulator_name(simulator) -> str:
+    mod = getattr(simulator, "__module__", None) or type(simulator).__module__
+    name = getattr(simulator, "__qualname__", None) or type(simulator).__qualname__
+    return f"{mod}.{name}"
+
+
+def _build_chunk_fn(simulator, prior: Prior, key):
+    """``index (c,) -> (theta (c, d), x (c, *x_shape))`` for one chunk: (compiled, uncompiled)."""
+    import brainstate
+
+    k_theta, k_sim = jax.random.split(key)
+
+    def one(i):
+        theta = prior.sample(jax.random.fold_in(k_theta, i), 1)[0]
+        k = jax.random.fold_in(k_sim, i)
+        # brainstate random state (noise inside brainmass models) follows the same key.
+        with brainstate.random.seed_context(k):
+            x = simulator(theta, k)
+        return theta, x
+
+    mapped = brainstate.transform.vmap(one)
+    return brainstate.transform.jit(mapped), mapped
+
+
+def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev):
+    if chunk_size is None:
+        chunk_size = max(1, min(n, _CHUNK_BYTES // max(bytes_per_sim, 1)))
+    chunk_size = min(int(chunk_size), n)
+    return int(math.ceil(chunk_size / n_dev) * n_dev)
+
+
+def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chunk_size: int | None = None,
+                  path=None, progress: bool = True, on_invalid: str = "drop") -> Bank:
+    """Simulate ``num_simulations`` parameter draws from ``prior`` through ``simulator``.
+
+    Parameters
+    ----------
+    simulator : callable
+        ``simulator(theta (d,), key) -> x`` (float array of fixed shape), JAX-traceable.
+        It may build brainmass/brainstate models inside: each call runs under
+        ``brainstate.random.seed_context(key)``, so brainstate noise is per-simulation
+        and reproducible. Run ``brainmass.Simulator.run(..., jit=False)`` inside it.
+    prior : bmsbi.Prior or dict
+        Prior to draw ``theta`` from (a dict of numpyro distributions is wrapped).
+    num_simulations : int
+        Number of simulations ``n > 0``.
+    key : jax PRNG key or int
+        Master key. Simulation ``i`` uses keys derived from ``(key, i)``: ``theta`` is
+        identical for any ``chunk_size``, device count or process count, and ``x`` equal
+        up to floating-point reassociation; the same settings give bitwise the same bank.
+    chunk_size : int, optional
+        Simulations per compiled call (bounds memory). Default: as many as fit in about
+        256 MiB of output. Rounded up to a multiple of the local device count; the
+        parameter axis of each chunk is split over all local devices.
+    path : str or Path, optional
+        Bank folder. Each finished chunk is written atomically; calling again with the
+        same arguments resumes after a crash or kill and yields exactly the uninterrupted
+        bank. A folder holding a bank made with other arguments is refused. Under
+        ``jax.distributed`` each process simulates and writes its own chunks into the
+        shared folder; :meth:`Bank.load` merges them.
+    progress : bool
+        Show a tqdm bar with simulations/s and the count of invalid simulations.
+    on_invalid : {"drop", "raise", "keep"}
+        Policy for simulations whose output has NaN/inf: drop them, raise
+        ``ValueError``, or keep them. Their count and indices go into ``bank.meta``
+        (``num_invalid``, ``invalid_indices``) in every case.
+
+    Returns
+    -------
+    Bank
+        With ``len(bank) == num_simulations - num_invalid`` under ``"drop"``. Under
+        ``jax.distributed`` without ``path``, each process returns only the chunks it
+        simulated.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, bmsbi
+    >>> prior = bmsbi.Prior.uniform([-1.], [1.], names=["mu"])
+    >>> sim = lambda theta, key: theta + 0.1 * jax.random.normal(key, (3,))
+    >>> bank = bmsbi.simulate_bank(sim, prior, 100, key=jax.random.key(0), progress=False)
+    >>> bank.theta.shape, bank.x.shape
+    ((100, 1), (100, 3))
+    """
+    if not callable(simulator):
+        raise ValueError(f"simulator: expected a callable simulator(theta, key) -> x, got {type(simulator).__name__}")
+    prior = as_prior(prior)
+    n = check_positive_int(num_simulations, "num_simulations")
+    chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
+    if on_invalid not in _ON_INVALID:
+        raise ValueError(f"on_invalid: expected one of {_ON_INVALID}, got {on_invalid!r}")
+    key = as_key(key)
+    fn, mapped = _build_chunk_fn(simulator, prior, key)
+
+    # One traced probe gives the output shape/dtype without running the simulation.
+    try:
+        import brainstate
+
+        out = brainstate.transform.eval_shape(mapped, jax.ShapeDtypeStruct((1,), jnp.int32))
+    except Exception as exc:
+        raise ValueError(
+            f"simulator: calling simulator(theta (d={prior.dim},), key) failed while tracing: "
+            f"{type(exc).__name__}: {exc}") from exc
+    x_struct = out[1]
+    if not isinstance(x_struct, jax.ShapeDtypeStruct):
+        raise ValueError(f"simulator: expected it to return one array, got a {type(x_struct).__name__}")
+    if not jnp.issubdtype(x_struct.dtype, jnp.floating):
+        raise ValueError(f"simulator: expected a floating-point output, got dtype {x_struct.dtype}; cast it, e.g. x.astype(jnp.float32)")
+    x_shape = tuple(x_struct.shape[1:])
+
+    devices = jax.local_devices()
+    n_dev = len(devices)
+    bytes_per_sim = int(np.prod(x_shape, dtype=np.int64)) * x_struct.dtype.itemsize
+    cs = _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev)
+    n_chunks = math.ceil(n / cs)
+    proc, n_proc = jax.process_index(), jax.process_count()
+    mine = [c for c in range(n_chunks) if c % n_proc == proc]
+
+    folder = Path(path) if path is not None else None
+    fingerprint = {"simulator": _simulator_name(simulator), "num_simulations": n, "chunk_size": cs,
+                   "key": np.asarray(jax.random.key_data(key)).tolist(), "on_invalid": on_invalid,
+                   "x_shape": list(x_shape), "x_dtype": str(x_struct.dtype)}
+    try:
+        fingerprint["prior"] = prior.to_dict()
+    except ValueError:
+        fingerprint["prior"] = repr(prior)
+    manifest = {"format": _FORMAT, "schema": SCHEMA_VERSION, "names": list(prior.names),
+                "num_simulations": n, "chunk_size": cs, "num_chunks": n_chunks, "x_shape": list(x_shape),
+                "on_invalid": on_invalid, "fingerprint": fingerprint, "meta": {}}
+    if folder is not None:
+        old = _read_manifest(folder) if folder.is_dir() else None
+        if old is not None and old.get("fingerprint") != fingerprint:
+            diff = sorted(k for k in set(fingerprint) | set(old.get("fingerprint", {}))
+                          if fingerprint.get(k) != old.get("fingerprint", {}).get(k))
+            raise ValueError(
+                f"path: {folder} holds a bank made with other arguments (differs in {diff}); "
+                "use a new path, or the original arguments to resume")
+        if folder.exists() and old is None and any(folder.iterdir()):
+            raise ValueError(f"path: {folder} exists, is not empty and holds no bmsbi bank; choose a new folder")
+        if old is None and proc == 0:
+            _atomic_write(folder / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+
+    sharding = None
+    if n_dev > 1:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+        sharding = NamedSharding(Mesh(np.array(devices), ("sims",)), PartitionSpec("sims"))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(mine) and min(n, len(mine) * cs), unit="sim", desc="simulate_bank",
+                   dynamic_ncols=True)
+    results, n_invalid, t0 = {}, 0, time.perf_counter()
+    try:
+        for c in mine:
+            count = min(cs, n - c * cs)
+            data = _read_chunk(folder, c) if folder is not None else None
+            if data is None:
+                # Pad the last chunk to the compiled shape; the padding is simulated and discarded.
+                idx = np.arange(c * cs, (c + 1) * cs, dtype=np.int32)
+                idx_dev = jax.device_put(idx, sharding) if sharding is not None else idx
+                theta, x = jax.device_get(fn(idx_dev))
+                theta, x, idx = np.asarray(theta)[:count], np.asarray(x)[:count], idx[:count]
+                if x.shape[1:] != x_shape:
+                    raise ValueError(f"simulator: output shape changed from {x_shape} to {x.shape[1:]} between calls")
+                if on_invalid == "raise" and not _finite_rows(x).all():
+                    bad = idx[~_finite_rows(x)]
+                    raise ValueError(
+                        f"simulator: {bad.size} simulations returned NaN/inf (first indices {bad[:5].tolist()}, "
+                        f"theta {theta[~_finite_rows(x)][:2].tolist()}); pass on_invalid='drop' or 'keep' to continue")
+                if folder is not None:
+                    _write_chunk(folder, c, idx, theta, x)
+                data = {"index": idx, "theta": theta, "x": x}
+            results[c] = data
+            n_invalid += int((~_finite_rows(data["x"])).sum())
+            if bar is not None:
+                bar.set_postfix(invalid=n_invalid, refresh=False)
+                bar.update(count)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    index = np.concatenate([results[c]["index"] for c in mine]) if mine else np.zeros(0, np.int32)
+    theta = np.concatenate([results[c]["theta"] for c in mine]) if mine else np.zeros((0, prior.dim), np.float32)
+    x = np.concatenate([results[c]["x"] for c in mine]) if mine else np.zeros((0, *x_shape), x_struct.dtype)
+    theta, x, invalid = _apply_policy(theta, x, index, on_invalid)
+    meta = {"num_simulations": n, "num_invalid": len(invalid), "invalid_indices": invalid,
+            "on_invalid": on_invalid, "chunk_size": cs, "simulator": fingerprint["simulator"],
+            "seconds": round(time.perf_counter() - t0, 3), "devices": n_dev,
+            "process_index": proc, "process_count": n_proc}
+    return Bank(theta, x, prior.names, meta)
