@@ -8,5 +8,6 @@ __version__ = "0.1.0"
 
 from .prior import Prior
 from .bank import Bank, simulate_bank
+from . import summaries
 
-__all__ = ["Prior", "Bank", "simulate_bank", "__version__"]
+__all__ = ["Prior", "Bank", "simulate_bank", "summaries", "__version__"]
