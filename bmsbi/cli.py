@@ -39,7 +39,7 @@ def cmd_simulate(args) -> None:
 
     task = _task(args.task)
     out = Path(args.out)
-    bank = bmsbi.simulate_bank(task.simulate, task.prior, args.num_simulations, key=_key(args.seed),
+    bank = bmsbi.simulate_bank(task.simulator, task.prior, args.num_simulations, key=_key(args.seed),
                                chunk_size=args.chunk_size, path=None if out.suffix == ".npz" else out,
                                progress=not args.quiet, on_invalid=args.on_invalid)
     if out.suffix == ".npz":

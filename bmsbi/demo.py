@@ -49,7 +49,7 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
     n = num_simulations or 5000
     t0 = time.perf_counter()
     key_bank, key_obs = jax.random.split(jax.random.key(seed))
-    bank = bmsbi.simulate_bank(task.simulate, task.prior, n, key=key_bank, progress=not quiet,
+    bank = bmsbi.simulate_bank(task.simulator, task.prior, n, key=key_bank, progress=not quiet,
                                path=out / "bank")
     t_bank = time.perf_counter() - t0
     recording = np.asarray(task.observe(np.asarray(task.true_theta, dtype=np.float32), key_obs))

@@ -1,0 +1,235 @@
+"""The :class:`Task` record: a prior, a brainmass simulator and a default summary.
+
+A task bundles what one needs to run simulation-based inference on a brainmass
+model: named parameters with physically sensible ranges (:attr:`Task.prior`), a
+synthetic recording generator built on :class:`brainmass.Simulator`
+(:meth:`Task.observe`), a default summary statistic (:attr:`Task.summary`) and
+their composition (:meth:`Task.simulate`), which is what
+:func:`bmsbi.simulate_bank` maps over parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+import bmsbi
+from bmsbi._checks import as_key
+from bmsbi.summaries import Summary
+
+__all__ = ["Task", "white_noise_sigma", "as_float32", "add_measurement_noise"]
+
+
+def white_noise_sigma(sigma, dt_ms: float):
+    """Per-step standard deviation of a white-noise input of intensity ``sigma``.
+
+    brainmass's :class:`~brainmass.GaussianNoise` draws an independent value each
+    step and the integrators multiply inputs by ``dt``; scaling its ``sigma`` by
+    ``1 / sqrt(dt)`` makes the per-step increment ``sigma * sqrt(dt) * N(0, 1)``
+    (Euler-Maruyama), so ``sigma`` means the same thing at any ``dt``: the
+    intensity of the Wiener process, in state units per ``sqrt(ms)``.
+    """
+    return sigma / math.sqrt(dt_ms)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+    """A ready-made inference task: prior + brainmass simulator + default summary.
+
+    Parameters
+    ----------
+    name : str
+        Registry name, e.g. ``"hopf_node"``.
+    prior : bmsbi.Prior
+        Named prior over the task's parameters (column order of ``theta``).
+    observe_fn : callable
+        ``observe_fn(theta (d,), key) -> recording (time, regions)``; JAX-traceable,
+        builds and runs the brainmass model. Use :meth:`observe`, which checks its
+        arguments.
+    summary : bmsbi.summaries.Summary
+        Default summary statistic of a recording sampled at ``fs``.
+    fs : float
+        Sampling rate of the recording, Hz.
+    n_time, n_regions : int
+        Shape of the recording.
+    true_theta : tuple of float
+        An example parameter, aligned with ``prior.names``, for demos and tests.
+    description : str
+        One paragraph on the model, the observable and the noise.
+    units : dict of str -> str
+        Unit of each parameter (``""`` when dimensionless) and of the recording
+        (key ``"recording"``).
+    obs_noise : float
+        Standard deviation of the white measurement noise added to the recording,
+        in recording units.
+
+    Examples
+    --------
+    >>> import jax, simulators
+    >>> task = simulators.get("hopf_node")
+    >>> x = task.simulate(task.true_theta, jax.random.key(0))
+    >>> x.shape == (task.summary.output_size(task.n_time, task.n_regions),)
+    True
+    """
+
+    name: str
+    prior: bmsbi.Prior
+    observe_fn: Callable[[Any, Any], jax.Array]
+    summary: Summary
+    fs: float
+    n_time: int
+    n_regions: int
+    true_theta: tuple[float, ...]
+    description: str
+    units: Mapping[str, str]
+    obs_noise: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.prior, bmsbi.Prior):
+            raise ValueError(f"prior: expected a bmsbi.Prior, got {type(self.prior).__name__}")
+        if len(self.true_theta) != self.prior.dim:
+            raise ValueError(
+                f"true_theta: expected {self.prior.dim} values ({', '.join(self.prior.names)}), "
+                f"got {len(self.true_theta)}")
+        if not bool(self.prior.in_support(jnp.asarray(self.true_theta, jnp.float32))):
+            raise ValueError(f"true_theta: {self.true_theta} lies outside the prior's support")
+        object.__setattr__(self, "true_theta", tuple(float(t) for t in self.true_theta))
+
+    # ------------------------------------------------------------------ checks
+    def _check_theta(self, theta) -> jax.Array:
+        theta = jnp.asarray(theta)
+        if theta.shape != (self.prior.dim,):
+            raise ValueError(
+                f"theta: expected shape ({self.prior.dim},) for parameters "
+                f"({', '.join(self.prior.names)}), got {theta.shape}; for many parameter "
+                f"vectors use task.bank(...) or bmsbi.simulate_bank")
+        if not jnp.issubdtype(theta.dtype, jnp.floating):
+            theta = theta.astype(jnp.float32)
+        return theta
+
+    # ----------------------------------------------------------------- verbs
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Parameter names, in column order."""
+        return self.prior.names
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the default summary's entries."""
+        return self.summary.feature_names(self.n_regions)
+
+    def observe(self, theta, key) -> jax.Array:
+        """Synthetic recording for one parameter vector.
+
+        Parameters
+        ----------
+        theta : array-like, shape ``(d,)``
+            Parameters in the order of :attr:`names`.
+        key : jax PRNG key or int
+            Drives the model noise (through ``brainstate.random.seed_context``) and
+            the measurement noise; the same key gives the same recording.
+
+        Returns
+        -------
+        jax.Array, shape ``(n_time, n_regions)``, float32
+            Transient discarded, sampled at :attr:`fs` Hz, measurement noise added.
+        """
+        theta, key = self._check_theta(theta), as_key(key)
+        if _traced(theta, key):
+            return self.observe_fn(theta, key)
+        return _compiled(self.observe_fn)(theta, key)
+
+    def simulate(self, theta, key) -> jax.Array:
+        """Default simulator: ``summary(observe(theta, key))``, shape ``(n_features,)``.
+
+        Called on concrete arrays it runs compiled code cached per model and per
+        summary, so repeated calls cost only the simulation; inside ``jit``/``vmap``
+        (as in :func:`bmsbi.simulate_bank`) it traces through.
+        """
+        theta, key = self._check_theta(theta), as_key(key)
+        if _traced(theta, key):
+            return self.summary(self.observe_fn(theta, key))
+        return _compiled_summary(self.summary)(_compiled(self.observe_fn)(theta, key))
+
+    def with_summary(self, summary: Summary) -> "Task":
+        """The same task with another summary statistic (e.g. a raw-signal identity)."""
+        if not isinstance(summary, Summary):
+            raise ValueError(
+                f"summary: expected a bmsbi.summaries.Summary, got {type(summary).__name__}")
+        summary.output_size(self.n_time, self.n_regions)  # rejects a summary that cannot take the recording
+        return dataclasses.replace(self, summary=summary)
+
+    @property
+    def simulator(self) -> Callable[[Any, Any], jax.Array]:
+        """:meth:`simulate` as a plain function named after the task and its summary.
+
+        :func:`bmsbi.simulate_bank` records the simulator's name in a bank folder's
+        fingerprint; this name (``simulators.<task>.simulate[<summary digest>]``) keeps a
+        bank of one task or summary from being resumed with another.
+        """
+
+        def simulate(theta, key):
+            return self.simulate(theta, key)
+
+        digest = hashlib.sha256(json.dumps(self.summary.to_dict(), sort_keys=True).encode()).hexdigest()
+        simulate.__module__ = f"simulators.{self.name}"
+        simulate.__qualname__ = f"simulate[{digest[:10]}]"
+        return simulate
+
+    def bank(self, n: int, key, **kwargs) -> bmsbi.Bank:
+        """Simulate ``n`` draws from the prior: ``bmsbi.simulate_bank(simulate, prior, n, key=key, **kwargs)``.
+
+        The bank's ``meta`` gains ``task`` and ``summary`` (the summary's ``to_dict``).
+
+        Examples
+        --------
+        >>> import jax, simulators
+        >>> bank = simulators.get("hopf_node").bank(8, jax.random.key(0), progress=False)
+        >>> bank.theta.shape
+        (8, 3)
+        """
+        bank = bmsbi.simulate_bank(self.simulator, self.prior, n, key=key, **kwargs)
+        bank.meta.update(task=self.name, summary=self.summary.to_dict())
+        return bank
+
+    def __repr__(self) -> str:
+        return (f"Task({self.name!r}, parameters={self.names}, recording=({self.n_time}, "
+                f"{self.n_regions}) at {self.fs:g} Hz, features={len(self.feature_names)})")
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(observe_fn):
+    """One compiled ``observe_fn`` per model, shared by tasks that differ only in summary."""
+    import brainstate
+
+    return brainstate.transform.jit(observe_fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_summary(summary: Summary):
+    return jax.jit(summary)  # summaries are frozen, hashable and pure
+
+
+def _traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def as_float32(x) -> jax.Array:
+    """Strip brainunit units (if any) and cast to float32."""
+    import brainunit as u
+
+    return jnp.asarray(u.get_magnitude(x), jnp.float32)
+
+
+def add_measurement_noise(recording: jax.Array, std: float, key) -> jax.Array:
+    """``recording + std * N(0, 1)`` elementwise (nothing added when ``std == 0``)."""
+    if std == 0:
+        return recording
+    return recording + jnp.asarray(std, recording.dtype) * jax.random.normal(key, recording.shape, recording.dtype)
