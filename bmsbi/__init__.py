@@ -8,6 +8,9 @@ __version__ = "0.1.0"
 
 from .prior import Prior
 from .bank import Bank, simulate_bank
-from . import summaries
+from . import engine, summaries, embeddings
+from .posterior import Posterior, DirectPosterior, load_posterior
+from .estimators import NPE, NLE, NRE, MCMCPosterior
 
-__all__ = ["Prior", "Bank", "simulate_bank", "summaries", "__version__"]
+__all__ = ["Prior", "Bank", "simulate_bank", "NPE", "NLE", "NRE", "Posterior", "DirectPosterior",
+           "MCMCPosterior", "load_posterior", "engine", "summaries", "embeddings", "__version__"]

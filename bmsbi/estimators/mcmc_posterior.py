@@ -1,0 +1,144 @@
+"""The posterior of NLE and NRE: a learned unnormalised log density sampled by NUTS."""
+
+from __future__ import annotations
+
+import io as _stdio
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import paramax
+
+from ..mcmc import nuts_sample
+from ..posterior import Posterior, register_posterior
+
+__all__ = ["MCMCPosterior", "UnnormalisedEstimator", "fit_unnormalised"]
+
+_MCMC_DEFAULTS = {"num_chains": 4, "num_warmup": 300, "thin": 1}
+
+
+@register_posterior
+class MCMCPosterior(Posterior):
+    """Posterior ``p(theta) exp(model.log_ratio(theta, x))`` sampled with vectorised NUTS.
+
+    ``model`` is an equinox module with ``log_ratio(s_theta (d,), x_std (*x_shape)) ->
+    scalar`` on standardised unconstrained parameters and standardised data: the
+    log-likelihood of a flow (NLE) or the log density ratio of a classifier (NRE).
+    :meth:`log_prob` is unnormalised (``normalized = False``): differences between
+    parameter values are meaningful, absolute values are not.
+    """
+
+    normalized = False
+
+    def __init__(self, model, *, prior, x_shape, stats: dict, config: dict, history=None,
+                 training=None, mcmc: dict | None = None):
+        super().__init__(prior=prior, x_shape=x_shape, config=config, history=history,
+                         training=training)
+        self.model = model
+        self.stats = {k: np.asarray(stats[k], np.float32)
+                      for k in ("theta_mean", "theta_std", "x_mean", "x_std")}
+        self.mcmc = {**_MCMC_DEFAULTS, **(mcmc or {})}
+        self._arrays, self._rest = eqx.partition(paramax.unwrap(model), eqx.is_array)
+
+    def _params(self):
+        return (self._arrays, {k: jnp.asarray(v) for k, v in self.stats.items()})
+
+    def _log_target(self, params, theta, x):
+        """Unnormalised log posterior for one ``theta (d,)`` and one raw ``x``."""
+        arrays, stats = params
+        model = eqx.combine(arrays, self._rest)
+        inside = self.prior.in_support(theta)
+        safe = jnp.where(inside, theta, self.prior.from_unconstrained(jnp.zeros(self.dim)))
+        s = (self.prior.to_unconstrained(safe) - stats["theta_mean"]) / stats["theta_std"]
+        lp = model.log_ratio(s, (x - stats["x_mean"]) / stats["x_std"]) + self.prior.log_prob(safe)
+        return jnp.where(inside & jnp.isfinite(lp), lp, -jnp.inf)
+
+    def _log_prob_batch(self, params, theta, x):
+        per_obs = jax.vmap(lambda t, xi: self._log_target(params, t, xi), (0, None))
+        return jax.vmap(per_obs)(theta, x)
+
+    def _sample_batch(self, params, key, x, num_samples):
+        return nuts_sample(lambda t, xi: self._log_target(params, t, xi), self.prior, key, x,
+                           num_samples, num_chains=self.mcmc["num_chains"],
+                           num_warmup=self.mcmc["num_warmup"], thin=self.mcmc["thin"])
+
+    def _payload(self):
+        buf = _stdio.BytesIO()
+        eqx.tree_serialise_leaves(buf, self.model)
+        stats = {k: v.reshape(-1).tolist() for k, v in self.stats.items()}
+        return {"stats": stats, "mcmc": self.mcmc}, buf.getvalue()
+
+    @classmethod
+    def _from_file(cls, header, payload, prior, history):
+        from . import nle, nre
+
+        config = header.get("config")
+        builders = {"NLE": nle.model_from_config, "NRE": nre.model_from_config}
+        if not isinstance(config, dict) or config.get("estimator") not in builders:
+            raise ValueError("path: the file's estimator config is not an NLE or NRE config")
+        x_shape = tuple(header["x_shape"])
+        skeleton = builders[config["estimator"]](config, prior.dim, x_shape)
+        try:
+            model = eqx.tree_deserialise_leaves(_stdio.BytesIO(payload), skeleton)
+        except Exception as err:
+            raise ValueError(f"path: the weights do not match the stored config ({err})") from None
+        raw = header.get("stats") or {}
+        shapes = {"theta_mean": (prior.dim,), "theta_std": (prior.dim,), "x_mean": x_shape,
+                  "x_std": x_shape}
+        stats = {}
+        for k, shape in shapes.items():
+            arr = np.asarray(raw.get(k, []), dtype=np.float32)
+            if arr.size != math.prod(shape):
+                raise ValueError(f"path: normalisation statistic {k!r} has {arr.size} values, "
+                                 f"expected {math.prod(shape)}")
+            stats[k] = arr.reshape(shape)
+        return cls(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
+                   history=history, training=header.get("training"), mcmc=header.get("mcmc"))
+
+
+def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress):
+    """Shared ``fit`` of NLE and NRE: standardise, train ``build_model(...)`` on ``loss``.
+
+    ``build_model(key, dim, x_shape)`` returns a fresh model; ``loss(model, static,
+    (s_theta, x_std), key)`` its minibatch loss. Returns an :class:`MCMCPosterior`.
+    """
+    from .. import engine
+    from .._checks import as_key
+    from ..posterior import check_bank_prior
+    from .npe import standardisation
+
+    key = as_key(key)
+    theta, x, prior = check_bank_prior(bank, prior)
+    x_shape = tuple(x.shape[1:])
+    z = np.asarray(prior.to_unconstrained(jnp.asarray(theta)), dtype=np.float64)
+    stats = standardisation(z, x, "independent")
+    s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
+    x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
+    k_model, k_fit = jax.random.split(key)
+    model = build_model(k_model, prior.dim, x_shape)
+    t = estimator.training_config()
+    model, history = engine.fit(
+        model, loss, (s_theta, x_std), key=k_fit, learning_rate=t["learning_rate"],
+        batch_size=t["batch_size"], max_epochs=t["max_epochs"], patience=t["patience"],
+        validation_fraction=t["validation_fraction"], clip_norm=t["clip_norm"],
+        weight_decay=t["weight_decay"], schedule=t["schedule"], progress=progress,
+        desc=estimator.config()["estimator"])
+    stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
+    return MCMCPosterior(model, prior=prior, x_shape=x_shape, stats=stats, config=estimator.config(),
+                         history=history, training=t, mcmc=estimator.mcmc_config())
+
+
+class UnnormalisedEstimator:
+    """Settings shared by NLE and NRE (dataclass fields of the subclasses)."""
+
+    def training_config(self) -> dict:
+        return {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
+                "max_epochs": self.max_epochs, "patience": self.patience,
+                "validation_fraction": self.validation_fraction, "clip_norm": self.clip_norm,
+                "weight_decay": self.weight_decay, "schedule": self.schedule}
+
+    def mcmc_config(self) -> dict:
+        return {"num_chains": int(self.num_chains), "num_warmup": int(self.num_warmup),
+                "thin": int(self.thin)}

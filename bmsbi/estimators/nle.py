@@ -1,0 +1,133 @@
+"""Neural likelihood estimation (NLE): a conditional flow q(x | theta), posterior by NUTS.
+
+The flow learns the likelihood of (standardised) data given (standardised,
+unconstrained) parameters. The posterior ``p(theta) q(x_o | theta)`` is then sampled
+with vectorised NUTS (:mod:`bmsbi.mcmc`). NLE suits low-dimensional summaries ``x``;
+for raw time series prefer NPE with an embedding net.
+
+References
+----------
+.. [1] Papamakarios, G., Sterratt, D., Murray, I. (2019). Sequential neural likelihood:
+   fast likelihood-free inference with autoregressive flows. AISTATS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import paramax
+
+from .mcmc_posterior import MCMCPosterior, UnnormalisedEstimator, fit_unnormalised
+from .npe import build_flow
+
+__all__ = ["NLE"]
+
+
+class LikelihoodModel(eqx.Module):
+    """Conditional flow over flattened standardised ``x`` given standardised ``theta``."""
+
+    flow: eqx.Module
+
+    def log_ratio(self, s_theta, x_std):
+        return self.flow.log_prob(x_std.reshape(-1), condition=s_theta)
+
+
+def _check_positive(obj, names):
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+@dataclasses.dataclass
+class NLE(UnnormalisedEstimator):
+    """Neural likelihood estimation; the posterior is sampled by NUTS.
+
+    Parameters
+    ----------
+    density_estimator : {"maf", "nsf", "maf_rqs"}, default "maf"
+        Flow family over ``x`` (one-dimensional ``x`` uses ``"maf_rqs"``). On a 2-D
+        Gaussian-linear task with 8k simulations the affine MAF (width 50) learned the
+        log-likelihood about twice as accurately as the spline flow (residual sd 0.18
+        vs 0.35 nats), which overfits; sbi defaults to MAF for NLE as well.
+    hidden, num_layers, num_bins, tail_bound, nn_depth :
+        Flow architecture, as in :class:`bmsbi.NPE`.
+    learning_rate, batch_size, max_epochs, patience, validation_fraction, clip_norm,
+    weight_decay, schedule :
+        Passed to :func:`bmsbi.engine.fit`.
+    num_chains, num_warmup, thin :
+        NUTS settings of the returned posterior (chains per observation).
+
+    Examples
+    --------
+    >>> import jax, bmsbi
+    >>> prior = bmsbi.Prior.uniform([-1., -1.], [1., 1.])
+    >>> theta = prior.sample(jax.random.key(0), 2000)
+    >>> x = theta + 0.1 * jax.random.normal(jax.random.key(1), theta.shape)
+    >>> post = bmsbi.NLE(max_epochs=20).fit(bmsbi.Bank(theta, x), prior=prior,
+    ...                                     key=jax.random.key(2), progress=False)
+    >>> post.sample(jax.random.key(3), x[0], 200).shape
+    (200, 2)
+    """
+
+    density_estimator: str = "maf"
+    hidden: int = 50
+    num_layers: int = 5
+    num_bins: int = 8
+    tail_bound: float = 5.0
+    nn_depth: int = 2
+    learning_rate: float = 2e-3
+    batch_size: int = 256
+    max_epochs: int = 300
+    patience: int | None = 20
+    validation_fraction: float = 0.1
+    clip_norm: float | None = 5.0
+    weight_decay: float = 0.0
+    schedule: str | None = "cosine"
+    num_chains: int = 4
+    num_warmup: int = 300
+    thin: int = 1
+
+    def __post_init__(self):
+        if self.density_estimator not in ("nsf", "maf", "maf_rqs"):
+            raise ValueError(f"density_estimator: expected 'nsf', 'maf' or 'maf_rqs', got "
+                             f"{self.density_estimator!r}")
+        _check_positive(self, ("hidden", "num_layers", "num_bins", "nn_depth", "batch_size",
+                               "max_epochs", "num_chains", "num_warmup", "thin"))
+
+    def config(self) -> dict:
+        return {"estimator": "NLE", "density_estimator": self.density_estimator,
+                "hidden": int(self.hidden), "num_layers": int(self.num_layers),
+                "num_bins": int(self.num_bins), "tail_bound": float(self.tail_bound),
+                "nn_depth": int(self.nn_depth)}
+
+    def fit(self, bank, *, prior, key, progress: bool = True) -> MCMCPosterior:
+        """Train the likelihood flow on ``bank``; returns an :class:`MCMCPosterior`."""
+        config = self.config()
+        return fit_unnormalised(self, bank, prior, key,
+                                lambda k, d, xs: _build(config, d, xs, k), _nll, progress)
+
+
+def _build(config, dim, x_shape, key):
+    dx = math.prod(x_shape)
+    family = config["density_estimator"] if dx > 1 else "maf_rqs"
+    flow = build_flow(family, dx, dim, hidden=config["hidden"], num_layers=config["num_layers"],
+                      num_bins=config["num_bins"], tail_bound=config["tail_bound"],
+                      nn_depth=config["nn_depth"], key=key)
+    return LikelihoodModel(flow)
+
+
+def model_from_config(config: dict, dim: int, x_shape: tuple) -> LikelihoodModel:
+    """Skeleton (fresh weights) of a saved NLE model; weights are read in afterwards."""
+    return _build(config, dim, x_shape, jax.random.key(0))
+
+
+def _nll(model, static, batch, key):
+    s_theta, x_std = batch
+    model = paramax.unwrap(model)
+    return -jnp.mean(jax.vmap(model.log_ratio)(s_theta, x_std))

@@ -1,0 +1,471 @@
+"""Neural posterior estimation (NPE): a conditional normalizing flow q(theta | x).
+
+The flow is trained by maximum likelihood on ``(theta, x)`` pairs simulated from the
+prior, which makes it an amortized posterior: after one training run it returns
+posterior samples for any new observation in milliseconds.
+
+Spaces. ``theta`` is first mapped to the prior's unconstrained space (numpyro's
+``biject_to``; a logit for a Uniform, a log for a positive scale) and z-scored with the
+training-set mean and standard deviation; ``x`` is z-scored likewise. The flow lives in
+that standardised space. Samples are mapped back through the bijection, so every
+sample lies inside the prior's support and no rejection step is needed; densities
+include the Jacobians of both maps.
+
+References
+----------
+.. [1] Papamakarios, G., Murray, I. (2016). Fast epsilon-free inference of simulation
+   models with Bayesian conditional density estimation. NeurIPS.
+.. [2] Greenberg, D., Nonnenmacher, M., Macke, J. (2019). Automatic posterior
+   transformation for likelihood-free inference. ICML.
+.. [3] Durkan, C., Bekasov, A., Murray, I., Papamakarios, G. (2019). Neural spline
+   flows. NeurIPS.
+.. [4] Papamakarios, G., Pavlakou, T., Murray, I. (2017). Masked autoregressive flow
+   for density estimation. NeurIPS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import paramax
+from flowjax.bijections import AbstractBijection, RationalQuadraticSpline
+from flowjax.distributions import StandardNormal, Transformed
+from flowjax.flows import masked_autoregressive_flow
+
+from .. import engine
+from .._checks import as_key
+from ..embeddings import Embedding, embedding_from_config
+from ..posterior import DirectPosterior, check_bank_prior
+
+__all__ = ["NPE", "build_flow", "SplineCouplingStack"]
+
+_ESTIMATORS = ("nsf", "maf", "maf_rqs")
+# Optimiser steps that max_epochs=None aims for (measured on two-moons, see NPE).
+_TARGET_STEPS = 5000
+
+
+def build_flow(density_estimator: str, dim: int, cond_dim: int | None, *, hidden: int,
+               num_layers: int, num_bins: int, tail_bound: float, nn_depth: int, key):
+    """Conditional flowjax flow over ``R^dim`` with a standard-normal base.
+
+    ``"nsf"``: :class:`SplineCouplingStack` — rational-quadratic spline coupling layers
+    on ``[-tail_bound, tail_bound]`` (identity outside) with a permutation before each
+    layer; one pass both ways. ``"maf"``: flowjax's masked autoregressive affine flow.
+    ``"maf_rqs"``: flowjax's masked autoregressive spline flow (``dim`` passes to sample).
+    """
+    base = StandardNormal((dim,))
+    if density_estimator == "nsf":
+        stack = SplineCouplingStack(dim, cond_dim, num_layers=num_layers, hidden=hidden,
+                                    depth=nn_depth, num_bins=num_bins, tail_bound=tail_bound,
+                                    key=key)
+        return Transformed(base, stack)
+    common = dict(base_dist=base, cond_dim=cond_dim, flow_layers=num_layers, nn_width=hidden,
+                  nn_depth=nn_depth, invert=True)
+    if density_estimator == "maf":
+        return masked_autoregressive_flow(key, **common)
+    if density_estimator == "maf_rqs":
+        spline = RationalQuadraticSpline(knots=num_bins, interval=float(tail_bound))
+        return masked_autoregressive_flow(key, transformer=spline, **common)
+    raise ValueError(f"density_estimator: expected one of {_ESTIMATORS}, got {density_estimator!r}")
+
+
+_MIN_BIN = 1e-3
+_MIN_DERIVATIVE = 1e-3
+_DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - _MIN_DERIVATIVE))  # softplus(0 + shift) + min = 1
+
+
+def _rq_spline(x, raw, tail_bound, inverse):
+    """Monotone rational-quadratic spline on ``[-B, B]``, identity outside (Durkan et al.).
+
+    ``x``: ``(k,)``; ``raw``: ``(k, 3K - 1)`` unnormalised bin widths, heights and inner
+    derivatives. Returns ``(y, log|dy/dx|)`` of the forward map (``inverse=False``) or
+    ``(x, log|dx/dy|)`` of its inverse.
+    """
+    num_bins = (raw.shape[-1] + 1) // 3
+    b = tail_bound
+
+    def knots(u):
+        widths = _MIN_BIN + (1 - _MIN_BIN * num_bins) * jax.nn.softmax(u, axis=-1)
+        cum = jnp.concatenate([jnp.zeros(u.shape[:-1] + (1,)), jnp.cumsum(widths, axis=-1)], -1)
+        return -b + 2 * b * cum.at[..., -1].set(1.0)
+
+    xk = knots(raw[:, :num_bins])
+    yk = knots(raw[:, num_bins:2 * num_bins])
+    inner = _MIN_DERIVATIVE + jax.nn.softplus(raw[:, 2 * num_bins:] + _DERIVATIVE_SHIFT)
+    ones = jnp.ones(x.shape + (1,))
+    deriv = jnp.concatenate([ones, inner, ones], axis=-1)
+
+    inside = (x > -b) & (x < b)
+    xc = jnp.clip(x, -b, b)
+    edges = yk if inverse else xk
+    k = jnp.clip(jnp.sum(xc[:, None] >= edges[:, 1:-1], axis=-1), 0, num_bins - 1)[:, None]
+
+    def at(a, shift=0):
+        return jnp.take_along_axis(a, k + shift, axis=-1)[:, 0]
+
+    x0, x1, y0, y1, d0, d1 = at(xk), at(xk, 1), at(yk), at(yk, 1), at(deriv), at(deriv, 1)
+    w, h = x1 - x0, y1 - y0
+    s = h / w
+    if inverse:
+        dy = xc - y0
+        a = h * (s - d0) + dy * (d1 + d0 - 2 * s)
+        bq = h * d0 - dy * (d1 + d0 - 2 * s)
+        c = -s * dy
+        xi = (2 * c) / (-bq - jnp.sqrt(jnp.maximum(bq * bq - 4 * a * c, 0.0)))
+        xi = jnp.clip(xi, 0.0, 1.0)
+        out = x0 + xi * w
+    else:
+        xi = jnp.clip((xc - x0) / w, 0.0, 1.0)
+        out = y0 + h * (s * xi * xi + d0 * xi * (1 - xi)) / (s + (d1 + d0 - 2 * s) * xi * (1 - xi))
+    den = s + (d1 + d0 - 2 * s) * xi * (1 - xi)
+    grad = s * s * (d1 * xi * xi + 2 * s * xi * (1 - xi) + d0 * (1 - xi) ** 2) / (den * den)
+    log_grad = jnp.log(grad)
+    out = jnp.where(inside, out, x)
+    log_det = jnp.where(inside, -log_grad if inverse else log_grad, 0.0)
+    return out, jnp.sum(log_det)
+
+
+def _uniform_init(rng, fan_in, shape):
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    return jnp.asarray(rng.uniform(-bound, bound, size=shape), jnp.float32)
+
+
+class SplineCouplingStack(AbstractBijection):
+    """``num_layers`` rational-quadratic spline coupling layers, scanned (a flowjax bijection).
+
+    Layer ``l`` permutes its input, keeps the first ``dim // 2`` coordinates and moves
+    the rest through monotone splines whose knots an MLP computes from the kept
+    coordinates and the condition. The last MLP layer starts at zero, so an untrained
+    stack is the identity. ``inverse_and_log_det`` (data → base, used by ``log_prob``)
+    evaluates the splines forwards; ``transform_and_log_det`` (base → data, used by
+    ``sample``) inverts them analytically; both are one pass.
+
+    Weights are drawn with NumPy from ``key`` (no XLA compilation at construction).
+
+    References
+    ----------
+    .. [1] Durkan, C., Bekasov, A., Murray, I., Papamakarios, G. (2019). Neural spline
+       flows. NeurIPS.
+    .. [2] Dinh, L., Sohl-Dickstein, J., Bengio, S. (2017). Density estimation using
+       Real NVP. ICLR.
+    """
+
+    shape: tuple = eqx.field(static=True)
+    cond_shape: tuple | None = eqx.field(static=True)
+    num_bins: int = eqx.field(static=True)
+    tail_bound: float = eqx.field(static=True)
+    split: int = eqx.field(static=True)
+    permutations: jax.Array        # (L, dim) int32
+    weights: list                  # [(L, in, out), ...]
+    biases: list                   # [(L, out), ...]
+    affine: list                   # [(W, b), ...]: condition -> (loc, scale) of the data side
+
+    def __init__(self, dim: int, cond_dim: int | None, *, num_layers: int = 5, hidden: int = 64,
+                 depth: int = 2, num_bins: int = 8, tail_bound: float = 4.0, key):
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(as_key(key))).ravel().tolist())
+        self.shape = (int(dim),)
+        self.cond_shape = None if cond_dim is None else (int(cond_dim),)
+        self.num_bins = int(num_bins)
+        self.tail_bound = float(tail_bound)
+        self.split = dim // 2
+        if dim == 2:  # alternate the coordinate that is transformed
+            perms = np.array([[1, 0]] * num_layers)
+        else:
+            perms = np.stack([rng.permutation(dim) for _ in range(num_layers)]) if dim > 1 else \
+                np.zeros((num_layers, 1), int)
+        self.permutations = jnp.asarray(perms, jnp.int32)
+        sizes = [self.split + (cond_dim or 0)] + [hidden] * depth + \
+            [(dim - self.split) * (3 * num_bins - 1)]
+        self.weights, self.biases = [], []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            w = _uniform_init(rng, fan_in, (num_layers, fan_in, fan_out))
+            bias = _uniform_init(rng, fan_in, (num_layers, fan_out))
+            self.weights.append(jnp.zeros_like(w) if last else w)
+            self.biases.append(jnp.zeros_like(bias) if last else bias)
+        # Conditional elementwise affine map on the data side: location and scale shifts
+        # (the bulk of most posteriors' dependence on x) need no spline capacity.
+        sizes = [cond_dim or 0, hidden, 2 * dim] if cond_dim else [2 * dim]
+        self.affine = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            w = _uniform_init(rng, fan_in, (fan_in, fan_out))
+            bias = _uniform_init(rng, fan_in, (fan_out,))
+            self.affine.append((jnp.zeros_like(w), jnp.zeros_like(bias)) if last else (w, bias))
+        if not cond_dim:
+            self.affine = [(jnp.zeros((0, 2 * dim)), jnp.zeros(2 * dim))]
+
+    def _loc_scale(self, condition):
+        h = jnp.zeros(0) if condition is None or not self.affine[0][0].shape[0] else condition
+        for i, (w, b) in enumerate(self.affine):
+            h = h @ w + b
+            if i < len(self.affine) - 1:
+                h = jax.nn.relu(h)
+        loc, raw = h[: self.shape[0]], h[self.shape[0]:]
+        return loc, _MIN_DERIVATIVE + jax.nn.softplus(raw + _DERIVATIVE_SHIFT)
+
+    def _raw(self, layer, kept, condition):
+        weights, biases = layer
+        h = kept if condition is None else jnp.concatenate([kept, condition])
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            h = h @ w + b
+            if i < len(weights) - 1:
+                h = jax.nn.relu(h)
+        return h.reshape(self.shape[0] - self.split, 3 * self.num_bins - 1)
+
+    def inverse_and_log_det(self, y, condition=None):
+        def step(carry, layer):
+            u, log_det = carry
+            perm, weights, biases = layer
+            u = u[perm]
+            kept, moved = u[: self.split], u[self.split:]
+            raw = self._raw((weights, biases), kept, condition)
+            moved, ld = _rq_spline(moved, raw, self.tail_bound, inverse=False)
+            return (jnp.concatenate([kept, moved]), log_det + ld), None
+
+        loc, scale = self._loc_scale(condition)
+        y = (y - loc) / scale
+        (x, log_det), _ = jax.lax.scan(step, (y, -jnp.sum(jnp.log(scale))),
+                                       (self.permutations, self.weights, self.biases))
+        return x, log_det
+
+    def transform_and_log_det(self, x, condition=None):
+        def step(carry, layer):
+            u, log_det = carry
+            perm, weights, biases = layer
+            kept, moved = u[: self.split], u[self.split:]
+            raw = self._raw((weights, biases), kept, condition)
+            moved, ld = _rq_spline(moved, raw, self.tail_bound, inverse=True)
+            u = jnp.concatenate([kept, moved])
+            return (jnp.zeros_like(u).at[perm].set(u), log_det + ld), None
+
+        (y, log_det), _ = jax.lax.scan(step, (x, jnp.zeros((), x.dtype)),
+                                       (self.permutations, self.weights, self.biases),
+                                       reverse=True)
+        loc, scale = self._loc_scale(condition)
+        return y * scale + loc, log_det + jnp.sum(jnp.log(scale))
+
+
+class NPEModel(eqx.Module):
+    """The trained pieces of NPE: a conditional flow and an optional embedding net."""
+
+    flow: eqx.Module
+    embedding: Embedding | None
+
+    def condition(self, x_std):
+        """Conditioning vector for one standardised observation."""
+        return x_std.reshape(-1) if self.embedding is None else self.embedding(x_std)
+
+
+@dataclasses.dataclass
+class NPE:
+    """Neural posterior estimation with a conditional normalizing flow.
+
+    The defaults were chosen by measurement on the sbibm two-moons task at 10,000
+    simulations (C2ST ≈ 0.53 against the exact posterior in about 14 CPU-seconds
+    on 2 cores, compilation included; sbi 0.27's NPE: C2ST ≈ 0.53 in about 140 s).
+
+    Parameters
+    ----------
+    density_estimator : {"nsf", "maf", "maf_rqs"}, default "nsf"
+        Rational-quadratic spline coupling flow (:class:`SplineCouplingStack`),
+        flowjax's masked autoregressive affine flow, or its masked autoregressive
+        spline flow.
+    hidden : int, default 50
+        Width of the conditioner networks.
+    num_layers : int, default 5
+        Flow layers.
+    num_bins : int, default 10
+        Spline bins (``nsf`` / ``maf_rqs``).
+    tail_bound : float, default 3.0
+        Splines act on ``[-tail_bound, tail_bound]`` of the standardised space
+        (identity outside).
+    nn_depth : int, default 1
+        Hidden layers of each conditioner.
+    embedding : bmsbi.embeddings.Embedding, optional
+        Trained jointly with the flow on z-scored ``x``; its ``in_shape`` must be the
+        bank's ``x`` shape.
+    z_score_x : {"auto", "independent", "structured", "none"}, default "auto"
+        ``independent``: per element of ``x``; ``structured``: per channel (last axis)
+        for ``x`` of 2 or more axes, one scalar for 1-D ``x``; ``auto`` is
+        ``independent`` without an embedding or with an ``MLPEmbedding``, else
+        ``structured``.
+    learning_rate : float, default 2e-3
+        Peak Adam learning rate.
+    schedule : None, "cosine", "warmup_cosine", "onecycle" or callable, default "cosine"
+        Learning-rate schedule over all ``max_epochs`` (see
+        :func:`bmsbi.engine.make_optimizer`).
+    batch_size : int, default 256
+    max_epochs : int or None, default None
+        ``None`` sizes the run to about 5,000 optimiser steps (at least 30, at most
+        1,000 epochs): 143 epochs for 10,000 simulations at the default batch size.
+    patience : int or None, default 20
+        Early stopping on the validation loss; the best epoch's weights are kept.
+    validation_fraction : float, default 0.1
+    clip_norm : float or None, default 5.0
+    weight_decay : float, default 0.0
+        Passed to :func:`bmsbi.engine.fit` with the settings above.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, bmsbi
+    >>> prior = bmsbi.Prior.uniform([-1., -1.], [1., 1.])
+    >>> theta = prior.sample(jax.random.key(0), 2000)
+    >>> x = theta + 0.1 * jax.random.normal(jax.random.key(1), theta.shape)
+    >>> post = bmsbi.NPE(max_epochs=20).fit(bmsbi.Bank(theta, x), prior=prior,
+    ...                                     key=jax.random.key(2), progress=False)
+    >>> post.sample(jax.random.key(3), jnp.zeros(2), 100).shape
+    (100, 2)
+    """
+
+    density_estimator: str = "nsf"
+    hidden: int = 50
+    num_layers: int = 5
+    num_bins: int = 10
+    tail_bound: float = 3.0
+    nn_depth: int = 1
+    embedding: Embedding | None = None
+    z_score_x: str = "auto"
+    learning_rate: float = 2e-3
+    schedule: str | None = "cosine"
+    batch_size: int = 256
+    max_epochs: int | None = None
+    patience: int | None = 20
+    validation_fraction: float = 0.1
+    clip_norm: float | None = 5.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.density_estimator not in _ESTIMATORS:
+            raise ValueError(
+                f"density_estimator: expected one of {_ESTIMATORS}, got {self.density_estimator!r}")
+        for name in ("hidden", "num_layers", "num_bins", "nn_depth", "batch_size", "max_epochs"):
+            value = getattr(self, name)
+            if name == "max_epochs" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if not (isinstance(self.tail_bound, (int, float)) and self.tail_bound > 0):
+            raise ValueError(f"tail_bound: expected a positive float, got {self.tail_bound!r}")
+        if self.embedding is not None and not isinstance(self.embedding, Embedding):
+            raise ValueError(
+                "embedding: expected a bmsbi.embeddings.Embedding (e.g. CNN1DEmbedding(...)), "
+                f"got {type(self.embedding).__name__}")
+        if self.z_score_x not in ("auto", "independent", "structured", "none"):
+            raise ValueError(f"z_score_x: expected 'auto', 'independent', 'structured' or 'none', "
+                             f"got {self.z_score_x!r}")
+
+    def config(self) -> dict:
+        """JSON description of the architecture (what a saved posterior rebuilds)."""
+        return {"estimator": "NPE", "density_estimator": self.density_estimator,
+                "hidden": int(self.hidden), "num_layers": int(self.num_layers),
+                "num_bins": int(self.num_bins), "tail_bound": float(self.tail_bound),
+                "nn_depth": int(self.nn_depth), "z_score_x": self.z_score_x,
+                "embedding": None if self.embedding is None else self.embedding.config()}
+
+    def training_config(self) -> dict:
+        return {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
+                "max_epochs": self.max_epochs, "patience": self.patience,
+                "validation_fraction": self.validation_fraction, "clip_norm": self.clip_norm,
+                "weight_decay": self.weight_decay, "schedule": self.schedule}
+
+    def fit(self, bank, *, prior, key, progress: bool = True) -> DirectPosterior:
+        """Train on ``bank`` (a :class:`bmsbi.Bank`) and return the amortized posterior.
+
+        Raises
+        ------
+        ValueError
+            ``bank`` holds non-finite rows, its ``theta`` dimension differs from the
+            prior's, or ``theta`` lies outside the prior's support.
+        """
+        key = as_key(key)
+        theta, x, prior = check_bank_prior(bank, prior)
+        x_shape = tuple(x.shape[1:])
+        if self.embedding is not None and tuple(self.embedding.in_shape) != x_shape:
+            raise ValueError(
+                f"embedding: in_shape {tuple(self.embedding.in_shape)} differs from the bank's x "
+                f"shape {x_shape}; build the embedding with in_shape={x_shape}")
+
+        z = np.asarray(jax.jit(prior.to_unconstrained)(theta), dtype=np.float64)
+        stats = standardisation(z, x, self._z_mode(x_shape))
+        s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
+        x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
+
+        k_flow, k_fit = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+        cond_dim = math.prod(x_shape) if self.embedding is None else self.embedding.out_dim
+        flow = build_flow(self.density_estimator, prior.dim, cond_dim, hidden=self.hidden,
+                          num_layers=self.num_layers, num_bins=self.num_bins,
+                          tail_bound=self.tail_bound, nn_depth=self.nn_depth, key=k_flow)
+        model = NPEModel(flow, self.embedding)
+
+        model, history = engine.fit(
+            model, _nll, (s_theta, x_std), key=k_fit, learning_rate=self.learning_rate,
+            batch_size=self.batch_size, max_epochs=self.epochs_for(len(theta)),
+            patience=self.patience,
+            validation_fraction=self.validation_fraction, clip_norm=self.clip_norm,
+            weight_decay=self.weight_decay, schedule=self.schedule, progress=progress,
+            desc="NPE")
+        stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
+        return DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
+                               config=self.config(), history=history,
+                               training=self.training_config())
+
+    def epochs_for(self, num_simulations: int) -> int:
+        """Epochs a fit on ``num_simulations`` rows runs at most (resolves ``max_epochs=None``)."""
+        if self.max_epochs is not None:
+            return int(self.max_epochs)
+        n_train = num_simulations - int(round(self.validation_fraction * num_simulations))
+        steps = max(n_train // min(self.batch_size, max(n_train, 1)), 1)
+        return int(min(max(math.ceil(_TARGET_STEPS / steps), 30), 1000))
+
+    def _z_mode(self, x_shape):
+        mode = self.z_score_x
+        if mode == "auto":
+            plain = self.embedding is None or type(self.embedding).__name__ == "MLPEmbedding"
+            mode = "independent" if plain else "structured"
+        return mode
+
+
+def standardisation(z, x, mode):
+    """Training-set means and standard deviations (float64; a zero spread becomes 1)."""
+    def stats(a, axis):
+        mean, sd = a.mean(axis=axis, keepdims=True), a.std(axis=axis, keepdims=True)
+        return mean, np.where(sd > 1e-12 * np.maximum(1.0, np.abs(mean)), sd, 1.0)
+
+    x = np.asarray(x, np.float64)
+    if mode == "none":
+        x_mean, x_std = np.zeros((1,) + x.shape[1:]), np.ones((1,) + x.shape[1:])
+    elif mode == "independent":
+        x_mean, x_std = stats(x, 0)
+    elif mode == "structured":  # one scalar for 1-D samples, per channel (last axis) else
+        x_mean, x_std = stats(x, tuple(range(x.ndim)) if x.ndim == 2 else tuple(range(x.ndim - 1)))
+    else:
+        raise ValueError(f"z_score_x: unknown mode {mode!r}")
+    z_mean, z_std = stats(np.asarray(z, np.float64), 0)
+    full = lambda a: np.ascontiguousarray(np.broadcast_to(a[0], x.shape[1:]))  # noqa: E731
+    return {"theta_mean": z_mean[0], "theta_std": z_std[0], "x_mean": full(x_mean),
+            "x_std": full(x_std)}
+
+
+def _nll(model, static, batch, key):
+    s_theta, x_std = batch
+    model = paramax.unwrap(model)
+    cond = jax.vmap(model.condition)(x_std)
+    return -jnp.mean(model.flow.log_prob(s_theta, cond))
+
+
+def model_from_config(config: dict, dim: int, x_shape: tuple) -> NPEModel:
+    """NPE model skeleton (fresh weights) for ``config``; weights are read in afterwards."""
+    emb_cfg = config.get("embedding")
+    embedding = None if emb_cfg is None else embedding_from_config(emb_cfg)
+    cond_dim = math.prod(x_shape) if embedding is None else embedding.out_dim
+    flow = build_flow(config["density_estimator"], dim, cond_dim, hidden=config["hidden"],
+                      num_layers=config["num_layers"], num_bins=config["num_bins"],
+                      tail_bound=config["tail_bound"], nn_depth=config["nn_depth"],
+                      key=jax.random.key(0))
+    return NPEModel(flow, embedding)

@@ -1,0 +1,547 @@
+"""Posterior objects: sample, evaluate, summarise, save — for one or many recordings.
+
+:class:`Posterior` is the user-facing object every estimator returns. It owns input
+checks, batching over observations, compiled-function caching, MAP search, ArviZ export
+and the file format; a subclass supplies two pure, jittable functions:
+
+- ``_sample_batch(params, key, x, num_samples) -> (m, num_samples, d)`` for a batch of
+  checked observations ``x`` of shape ``(m, *x_shape)``;
+- ``_log_prob_batch(params, theta, x) -> (m, k)`` for ``theta`` of shape ``(m, k, d)``.
+
+:class:`DirectPosterior` (NPE) samples its flow directly. A likelihood- or ratio-based
+posterior (NLE / NRE) subclasses :class:`Posterior` the same way with an MCMC sampler
+in ``_sample_batch`` and sets ``normalized = False``; registering it with
+:func:`register_posterior` makes :func:`load_posterior` able to read it.
+
+Files (:meth:`Posterior.save`) are :mod:`bmsbi.io` containers: a JSON header
+(schema version, bmsbi version, estimator config, prior spec, normalisation
+statistics, ``x_shape``, history) and the model weights as
+``equinox.tree_serialise_leaves`` bytes, all under a SHA-256 checksum. Loading rebuilds
+the network skeleton from the config and reads the weights into it; nothing in a file
+is executed.
+"""
+
+from __future__ import annotations
+
+import io as _stdio
+import math
+import os
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import paramax
+
+from . import io as bio
+from ._checks import as_key
+from .engine import History
+from .prior import Prior, as_prior
+
+__all__ = ["Posterior", "DirectPosterior", "load_posterior", "register_posterior",
+           "check_bank_prior", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+_KIND = "posterior"
+# Samples processed together per observation chunk when sampling many observations.
+_SAMPLES_PER_CHUNK = 1 << 18
+
+
+def _as_int(value, arg, minimum=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{arg}: expected an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_bank_prior(bank, prior):
+    """Validate a bank against a prior; returns ``(theta, x, prior)`` as numpy arrays.
+
+    Raises ``ValueError`` for non-finite rows, a ``theta`` dimension that differs from
+    the prior's, or parameters outside the prior's support.
+    """
+    prior = as_prior(prior)
+    if not (hasattr(bank, "theta") and hasattr(bank, "x")):
+        raise ValueError(f"bank: expected a bmsbi.Bank (with .theta and .x), got {type(bank).__name__}")
+    theta = np.asarray(bank.theta)
+    x = np.asarray(bank.x)
+    if theta.ndim != 2 or x.ndim < 2 or theta.shape[0] != x.shape[0]:
+        raise ValueError(f"bank: expected theta (n, d) and x (n, ...) with the same n, got theta "
+                         f"{theta.shape} and x {x.shape}")
+    if theta.shape[0] < 2:
+        raise ValueError(f"bank: needs at least 2 simulations, got {theta.shape[0]}")
+    if theta.shape[1] != prior.dim:
+        raise ValueError(
+            f"bank: theta has dimension {theta.shape[1]} but the prior has dimension {prior.dim} "
+            f"({', '.join(prior.names)}); simulate the bank from this prior")
+    bank_names = getattr(bank, "names", None)
+    if bank_names is not None and tuple(bank_names) != tuple(prior.names):
+        warnings.warn(f"bank names {tuple(bank_names)} differ from the prior's {prior.names}; "
+                      "using the prior's", stacklevel=3)
+    if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(theta.dtype, np.number):
+        raise ValueError(f"bank: expected numeric arrays, got theta {theta.dtype} and x {x.dtype}")
+    bad = ~(np.isfinite(theta).all(axis=1) & np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.any():
+        raise ValueError(
+            f"bank: {int(bad.sum())} of {len(bad)} rows hold NaN or inf (in theta or x); drop "
+            "them first, e.g. bmsbi.Bank(bank.theta[ok], bank.x[ok]) with ok the finite rows "
+            "(simulate_bank drops them for you)")
+    outside = ~np.asarray(jax.jit(prior.in_support)(jnp.asarray(theta, jnp.float32)))
+    if outside.any():
+        raise ValueError(
+            f"bank: {int(outside.sum())} rows have theta outside the prior's support; the "
+            "bank must be simulated from this prior")
+    return theta.astype(np.float32), x.astype(np.float32), prior
+
+
+class Posterior:
+    """Base class of bmsbi posteriors (see the module docstring for the subclass hooks).
+
+    Attributes
+    ----------
+    prior : bmsbi.Prior
+    names : tuple of str
+        Parameter names (the prior's).
+    x_shape : tuple of int
+        Shape of one observation.
+    history : bmsbi.engine.History or None
+        Training history of the estimator.
+    config : dict
+        Estimator architecture (JSON).
+    normalized : bool
+        Whether :meth:`log_prob` is a normalised density (``True`` for NPE).
+    """
+
+    normalized = True
+
+    def __init__(self, *, prior: Prior, x_shape, config: dict, history: History | None = None,
+                 training: dict | None = None):
+        self.prior = as_prior(prior)
+        self.x_shape = tuple(int(s) for s in x_shape)
+        self.config = dict(config)
+        self.history = history
+        self.training = dict(training or {})
+        self._jit = {}
+
+    # -------------------------------------------------------------- subclass hooks
+    def _params(self):
+        """Pytree of arrays handed to the compiled functions."""
+        raise NotImplementedError
+
+    def _sample_batch(self, params, key, x, num_samples):
+        raise NotImplementedError
+
+    def _log_prob_batch(self, params, theta, x):
+        raise NotImplementedError
+
+    def _payload(self) -> tuple[dict, bytes]:
+        """``(header entries, payload bytes)`` specific to the subclass."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_file(cls, header: dict, payload: bytes, prior: Prior, history: History | None):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- basics
+    @property
+    def names(self) -> tuple:
+        return self.prior.names
+
+    @property
+    def dim(self) -> int:
+        return self.prior.dim
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(names={self.names}, x_shape={self.x_shape}, "
+                f"estimator={self.config.get('estimator')}/{self.config.get('density_estimator')})")
+
+    def _compiled(self, name):
+        if name not in self._jit:
+            if name == "sample":
+                self._jit[name] = jax.jit(self._sample_batch, static_argnums=3)
+            elif name == "log_prob":
+                self._jit[name] = jax.jit(self._log_prob_batch)
+            elif name == "map":
+                self._jit[name] = jax.jit(self._map_batch, static_argnums=(3, 4, 5))
+        return self._jit[name]
+
+    def _check_x(self, x_obs, arg="x_obs"):
+        """``(x (m, *x_shape) float32, batched)``; ValueError naming ``arg`` otherwise."""
+        try:
+            x = np.asarray(x_obs, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{arg}: expected a numeric array, got {type(x_obs).__name__}") from err
+        if x.shape == self.x_shape:
+            batched, x = False, x[None]
+        elif x.ndim == len(self.x_shape) + 1 and x.shape[1:] == self.x_shape and x.shape[0] > 0:
+            batched = True
+        else:
+            raise ValueError(
+                f"{arg}: expected shape {self.x_shape} (one observation) or (m, "
+                f"{', '.join(map(str, self.x_shape))}) (a batch), got {x.shape}")
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{arg}: {int(bad.sum())} of {len(x)} observations hold NaN or inf; "
+                             "posteriors are defined for finite observations only")
+        return x, batched
+
+    # ------------------------------------------------------------------ public
+    def sample(self, key, x_obs, num_samples: int = 1000) -> jax.Array:
+        """Posterior samples for one observation or a batch of observations.
+
+        Parameters
+        ----------
+        key : jax.random.key
+        x_obs : array, shape ``x_shape`` or ``(m, *x_shape)``
+        num_samples : int
+
+        Returns
+        -------
+        theta : array, ``(num_samples, d)`` for one observation, ``(m, num_samples, d)``
+            for a batch; every sample lies inside the prior's support. The whole batch
+            is one compiled call (compiled once per shape and cached on the object).
+
+        Examples
+        --------
+        >>> post.sample(jax.random.key(0), x_obs, 1000).shape  # doctest: +SKIP
+        (1000, 2)
+        """
+        key = as_key(key)
+        num_samples = _as_int(num_samples, "num_samples")
+        x, batched = self._check_x(x_obs)
+        out = self._compiled("sample")(self._params(), key, jnp.asarray(x), num_samples)
+        return out if batched else out[0]
+
+    def log_prob(self, theta, x_obs) -> jax.Array:
+        """Posterior log density ``log q(theta | x_obs)``.
+
+        Shapes: one observation with ``theta`` ``(d,)`` → scalar, ``(k, d)`` → ``(k,)``;
+        a batch ``(m, *x_shape)`` with ``theta`` ``(m, k, d)`` (paired per observation)
+        or ``(k, d)`` (the same points for every observation) → ``(m, k)``.
+        ``theta`` outside the prior's support gives ``-inf`` (never NaN).
+        """
+        x, batched = self._check_x(x_obs)
+        th = np.asarray(theta, dtype=np.float32)
+        d = self.dim
+        if th.ndim == 0 or th.shape[-1] != d:
+            raise ValueError(f"theta: expected a last axis of length d={d} ({', '.join(self.names)}), "
+                             f"got shape {th.shape}")
+        if not batched:
+            if th.ndim > 2:
+                raise ValueError(f"theta: expected (d,) or (k, d) for one observation, got {th.shape}")
+            single = th.ndim == 1
+            th = th.reshape(1, -1, d)
+        else:
+            single = False
+            if th.ndim == 2:
+                th = np.broadcast_to(th, (len(x),) + th.shape)
+            elif th.ndim != 3 or th.shape[0] != len(x):
+                raise ValueError(f"theta: expected (k, d) or ({len(x)}, k, d) for {len(x)} "
+                                 f"observations, got {th.shape}")
+        lp = self._compiled("log_prob")(self._params(), jnp.asarray(th), jnp.asarray(x))
+        if batched:
+            return lp
+        return lp[0, 0] if single else lp[0]
+
+    def map(self, x_obs, *, key=None, num_samples: int = 1000, num_steps: int = 200,
+            learning_rate: float = 1e-2) -> jax.Array:
+        """Maximum a posteriori estimate(s): best of ``num_samples`` draws, then Adam ascent.
+
+        The ascent runs in the prior's unconstrained space (so it never leaves the
+        support) on the posterior density of ``theta``. Returns ``(d,)`` for one
+        observation, ``(m, d)`` for a batch. ``num_steps=0`` keeps the best draw.
+        """
+        key = jax.random.key(0) if key is None else as_key(key)
+        num_samples = _as_int(num_samples, "num_samples")
+        num_steps = _as_int(num_steps, "num_steps", minimum=0)
+        if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
+            raise ValueError(f"learning_rate: expected a positive float, got {learning_rate!r}")
+        x, batched = self._check_x(x_obs)
+        out = self._compiled("map")(self._params(), key, jnp.asarray(x), num_samples, num_steps,
+                                    float(learning_rate))
+        return out if batched else out[0]
+
+    def _map_batch(self, params, key, x, num_samples, num_steps, learning_rate):
+        import optax
+
+        draws = self._sample_batch(params, key, x, num_samples)           # (m, n, d)
+        lp = self._log_prob_batch(params, draws, x)                        # (m, n)
+        best = jnp.take_along_axis(draws, jnp.argmax(lp, axis=1)[:, None, None], axis=1)[:, 0]
+        if num_steps == 0:
+            return best
+        opt = optax.adam(learning_rate)
+        prior = self.prior
+
+        def one(theta0, xi):
+            def neg(z):
+                return -self._log_prob_batch(params, prior.from_unconstrained(z)[None, None],
+                                             xi[None])[0, 0]
+
+            def step(carry, _):
+                z, st = carry
+                g = jax.grad(neg)(z)
+                g = jnp.where(jnp.isfinite(g), g, 0.0)
+                upd, st = opt.update(g, st)
+                return (z + upd, st), neg(z)
+
+            z0 = prior.to_unconstrained(theta0)
+            (z, _), _ = jax.lax.scan(step, (z0, opt.init(z0)), None, length=num_steps)
+            cand = prior.from_unconstrained(z)
+            better = neg(z) <= neg(z0)
+            return jnp.where(better, cand, theta0)
+
+        return jax.vmap(one)(best, x)
+
+    def to_arviz(self, key, x_obs, num_samples: int = 1000, num_chains: int | None = None, *,
+                 simulator=None, num_prior_samples: int | None = None, feature_names=None):
+        """Posterior, prior and posterior predictive for ONE observation as ``arviz.InferenceData``.
+
+        Groups (ArviZ's schema):
+
+        - ``posterior``: one variable per parameter name, dims ``(chain, draw)``;
+        - ``sample_stats``: ``lp``, the posterior log density of each draw (ArviZ's
+          ``lp`` is defined up to an additive constant; its ``normalized`` attribute is
+          1 for NPE and 0 for the unnormalised NLE / NRE densities);
+        - ``prior`` and ``sample_stats_prior`` (``lp`` = prior log density): one chain
+          of ``num_prior_samples`` prior draws;
+        - ``observed_data``: ``x_obs``;
+        - ``posterior_predictive`` (only with ``simulator``): ``x_obs`` simulated at
+          every posterior draw (paired with ``posterior`` by chain and draw) through
+          :func:`bmsbi.diagnostics.posterior_predictive`.
+
+        ``x_obs`` has dims ``(x_dim_0, ..., feature)``: its last axis is ``feature``, with
+        ``feature_names`` as coordinates when given. The file survives
+        ``idata.to_netcdf(path)`` / ``arviz.from_netcdf(path)``.
+
+        Parameters
+        ----------
+        key : jax.random.key or int
+        x_obs : array, shape ``x_shape``
+            One observation (call per observation for a batch).
+        num_samples : int, default 1000
+            Draws per chain.
+        num_chains : int, optional
+            Chains; draws are split into chains by striding (draw ``j`` goes to chain
+            ``j % num_chains``), so for an MCMC posterior with ``num_chains`` equal to
+            its own NUTS chain count (the default) every chain is one NUTS chain and
+            ``r_hat`` is meaningful. Default: that count for MCMC posteriors, else 1
+            (independent draws).
+        simulator : callable, optional
+            ``simulator(theta (d,), key) -> x``; fills ``posterior_predictive``.
+        num_prior_samples : int, optional
+            Prior draws; default ``num_samples * num_chains``.
+        feature_names : sequence of str, optional
+            Coordinates of the last axis of ``x`` (e.g. ``task.feature_names``).
+
+        Returns
+        -------
+        arviz.InferenceData
+
+        Examples
+        --------
+        >>> idata = post.to_arviz(jax.random.key(0), x_obs, simulator=task.simulator,
+        ...                       feature_names=task.feature_names)   # doctest: +SKIP
+        >>> az.summary(idata); az.plot_ppc(idata)                       # doctest: +SKIP
+        """
+        import arviz as az
+
+        key = as_key(key)
+        num_samples = _as_int(num_samples, "num_samples")
+        if num_chains is None:
+            mcmc = getattr(self, "mcmc", None)
+            num_chains = int(mcmc.get("num_chains", 1)) if isinstance(mcmc, dict) else 1
+        num_chains = _as_int(num_chains, "num_chains")
+        total = num_samples * num_chains
+        num_prior_samples = total if num_prior_samples is None else \
+            _as_int(num_prior_samples, "num_prior_samples")
+        if simulator is not None and not callable(simulator):
+            raise ValueError(f"simulator: expected a callable simulator(theta, key) -> x or None, "
+                             f"got {type(simulator).__name__}")
+        x, batched = self._check_x(x_obs)
+        if batched:
+            raise ValueError(f"x_obs: to_arviz takes one observation of shape {self.x_shape}, got a "
+                             f"batch {x.shape}; call it per observation")
+        x_dims, coords = _arviz_x_dims(self.x_shape, feature_names)
+        k_post, k_prior, k_pred = jax.random.split(key, 3)
+        draws = np.asarray(self.sample(k_post, x[0], total))                 # (total, d)
+        lp = np.asarray(self.log_prob(draws, x[0]))
+        prior_draws = np.asarray(self.prior.sample(k_prior, num_prior_samples))
+        prior_lp = np.asarray(jax.jit(self.prior.log_prob)(prior_draws))
+
+        def chains(a):  # (total, ...) -> (chain, draw, ...), draw j in chain j % num_chains
+            return np.swapaxes(a.reshape(num_samples, num_chains, *a.shape[1:]), 0, 1)
+
+        predictive = None
+        if simulator is not None:
+            from .diagnostics import posterior_predictive
+
+            x_pred = posterior_predictive(self, simulator, x[0], key=k_pred, theta=draws)
+            predictive = {"x_obs": chains(np.asarray(x_pred))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            idata = az.from_dict(
+                posterior={n: chains(draws[:, i]) for i, n in enumerate(self.names)},
+                sample_stats={"lp": chains(lp)},
+                prior={n: prior_draws[None, :, i] for i, n in enumerate(self.names)},
+                sample_stats_prior={"lp": prior_lp[None]},
+                posterior_predictive=predictive,
+                observed_data={"x_obs": x[0]},
+                coords=coords, dims={"x_obs": x_dims})
+        meta = {"inference_library": "bmsbi", "inference_library_version": bio._version(),
+                "estimator": str(self.config.get("estimator")),
+                "posterior_class": type(self).__name__,
+                "log_prob_normalized": int(bool(self.normalized))}
+        for group in idata.groups():  # ArviZ keeps provenance in every group's attrs
+            getattr(idata, group).attrs.update(meta)
+        idata.sample_stats["lp"].attrs.update(
+            normalized=int(bool(self.normalized)),
+            description="posterior log density of each draw" +
+                        ("" if self.normalized else " (unnormalised: only differences are meaningful)"))
+        idata.sample_stats_prior["lp"].attrs.update(normalized=1,
+                                                    description="prior log density of each draw")
+        return idata
+
+    # ---------------------------------------------------------------------- files
+    def save(self, path) -> str:
+        """Write the posterior to ``path`` (safe format, see the module docstring)."""
+        entries, payload = self._payload()
+        header = {"posterior_class": type(self).__name__, "prior": self.prior.to_dict(),
+                  "names": list(self.names), "x_shape": list(self.x_shape),
+                  "config": self.config, "training": _json_clean(self.training),
+                  "history": None if self.history is None else self.history.to_dict(),
+                  **entries}
+        return bio.write_file(path, kind=_KIND, schema_version=SCHEMA_VERSION, header=header,
+                              payload=payload)
+
+
+def _arviz_x_dims(x_shape, feature_names):
+    """Dims of ``x`` for ArviZ (last axis ``feature``) and the coords for ``feature_names``."""
+    dims = [f"x_dim_{i}" for i in range(len(x_shape) - 1)] + ["feature"]
+    if not x_shape:
+        return [], {}
+    if feature_names is None:
+        return dims, {}
+    names = [str(n) for n in feature_names] if not isinstance(feature_names, str) else None
+    if names is None or len(names) != x_shape[-1] or len(set(names)) != len(names):
+        raise ValueError(f"feature_names: expected {x_shape[-1]} distinct names (the last axis of "
+                         f"x, shape {x_shape}), got {feature_names!r}")
+    return dims, {"feature": names}
+
+
+def _json_clean(d):
+    return {k: (v if v is None or isinstance(v, (str, int, float, bool)) else str(v))
+            for k, v in d.items()}
+
+
+class DirectPosterior(Posterior):
+    """Posterior whose samples come straight from a conditional flow (NPE).
+
+    ``model`` is a :class:`bmsbi.estimators.npe.NPEModel` over the standardised
+    unconstrained parameters; ``stats`` holds ``theta_mean``/``theta_std`` (unconstrained
+    space, ``(d,)``) and ``x_mean``/``x_std`` (``x_shape``).
+    """
+
+    def __init__(self, model, *, prior, x_shape, stats: dict, config: dict,
+                 history: History | None = None, training: dict | None = None):
+        super().__init__(prior=prior, x_shape=x_shape, config=config, history=history,
+                         training=training)
+        self.model = model
+        self.stats = {k: np.asarray(stats[k], np.float32)
+                      for k in ("theta_mean", "theta_std", "x_mean", "x_std")}
+        self._arrays, self._rest = eqx.partition(paramax.unwrap(model), eqx.is_array)
+
+    def _params(self):
+        return (self._arrays, {k: jnp.asarray(v) for k, v in self.stats.items()})
+
+    def _unpack(self, params, x):
+        arrays, stats = params
+        model = eqx.combine(arrays, self._rest)
+        cond = jax.vmap(model.condition)((x - stats["x_mean"]) / stats["x_std"])
+        return model, stats, cond
+
+    def _sample_batch(self, params, key, x, num_samples):
+        model, stats, cond = self._unpack(params, x)
+        keys = jax.random.split(key, x.shape[0])
+        chunk = max(1, min(x.shape[0], _SAMPLES_PER_CHUNK // num_samples))
+
+        def one(args):
+            k, c = args
+            s = model.flow.sample(k, (num_samples,), condition=c)
+            z = s * stats["theta_std"] + stats["theta_mean"]
+            return self.prior.from_unconstrained(z)
+
+        return jax.lax.map(one, (keys, cond), batch_size=chunk)
+
+    def _log_prob_batch(self, params, theta, x):
+        model, stats, cond = self._unpack(params, x)
+        inside = self.prior.in_support(theta.reshape(-1, self.dim)).reshape(theta.shape[:-1])
+        safe = jnp.where(inside[..., None], theta, self.prior.from_unconstrained(jnp.zeros(self.dim)))
+        z = self.prior.to_unconstrained(safe)
+        s = (z - stats["theta_mean"]) / stats["theta_std"]
+        lp = model.flow.log_prob(s, cond[:, None, :])
+        lp = lp - jnp.sum(jnp.log(stats["theta_std"])) - self.prior.log_det_jacobian(z)
+        return jnp.where(inside & jnp.isfinite(lp), lp, -jnp.inf)
+
+    def _payload(self):
+        buf = _stdio.BytesIO()
+        eqx.tree_serialise_leaves(buf, self.model)
+        stats = {k: v.reshape(-1).tolist() for k, v in self.stats.items()}
+        return {"stats": stats}, buf.getvalue()
+
+    @classmethod
+    def _from_file(cls, header, payload, prior, history):
+        from .estimators.npe import model_from_config
+
+        config = header.get("config")
+        x_shape = tuple(header["x_shape"])
+        if not isinstance(config, dict) or config.get("estimator") != "NPE":
+            raise ValueError("path: the file's estimator config is not an NPE config")
+        skeleton = model_from_config(config, prior.dim, x_shape)
+        try:
+            model = eqx.tree_deserialise_leaves(_stdio.BytesIO(payload), skeleton)
+        except Exception as err:  # shape/structure mismatch: the file does not fit its config
+            raise ValueError(f"path: the weights do not match the stored config ({err})") from None
+        raw = header.get("stats") or {}
+        shapes = {"theta_mean": (prior.dim,), "theta_std": (prior.dim,), "x_mean": x_shape,
+                  "x_std": x_shape}
+        stats = {}
+        for k, shape in shapes.items():
+            arr = np.asarray(raw.get(k, []), dtype=np.float32)
+            if arr.size != math.prod(shape):
+                raise ValueError(f"path: normalisation statistic {k!r} has {arr.size} values, "
+                                 f"expected {math.prod(shape)}")
+            stats[k] = arr.reshape(shape)
+        return cls(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
+                   history=history, training=header.get("training"))
+
+
+_POSTERIOR_TYPES: dict[str, type] = {"DirectPosterior": DirectPosterior}
+
+
+def register_posterior(cls: type) -> type:
+    """Let :func:`load_posterior` rebuild ``cls`` (a :class:`Posterior` subclass)."""
+    if not (isinstance(cls, type) and issubclass(cls, Posterior)):
+        raise ValueError(f"cls: expected a subclass of bmsbi.Posterior, got {cls!r}")
+    _POSTERIOR_TYPES[cls.__name__] = cls
+    return cls
+
+
+def load_posterior(path) -> Posterior:
+    """Read a posterior written by :meth:`Posterior.save`.
+
+    Raises
+    ------
+    ValueError
+        The file is not a bmsbi posterior, is truncated or altered (checksum), or was
+        written by a newer bmsbi (upgrade bmsbi to read it).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path: expected a file path, got {type(path).__name__}")
+    header, payload = bio.read_file(path, kind=_KIND, schema_version=SCHEMA_VERSION)
+    name = header.get("posterior_class")
+    if name not in _POSTERIOR_TYPES:
+        raise ValueError(f"path: unknown posterior class {name!r}; known: {sorted(_POSTERIOR_TYPES)} "
+                         "(import the module that registers it first)")
+    prior = Prior.from_dict(header.get("prior"))
+    history = None if header.get("history") is None else History.from_dict(header["history"])
+    return _POSTERIOR_TYPES[name]._from_file(header, payload, prior, history)

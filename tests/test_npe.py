@@ -1,0 +1,222 @@
+"""NPE: analytic Gaussian posteriors recovered, samples inside the support, densities
+normalised, shapes and bad inputs."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+import bmsbi
+from bmsbi.embeddings import CNN1DEmbedding, DeepSetEmbedding, GRUEmbedding, MLPEmbedding
+from bmsbi.estimators import NPE
+
+SIGMA = 0.5
+
+
+def gaussian_linear(dim, n, seed=0, sigma=SIGMA):
+    """x ~ N(theta, sigma^2 I), theta ~ N(0, I): posterior N(x / (1 + sigma^2), s^2 I)."""
+    prior = bmsbi.Prior({f"t{i}": dist.Normal(0.0, 1.0) for i in range(dim)})
+    theta = np.asarray(prior.sample(jax.random.key(seed), n))
+    x = theta + sigma * np.random.default_rng(seed).normal(size=theta.shape)
+    return prior, bmsbi.Bank(theta, x.astype(np.float32), names=prior.names)
+
+
+def analytic(x_obs, sigma=SIGMA):
+    prec = 1.0 + 1.0 / sigma**2
+    return x_obs / sigma**2 / prec, np.sqrt(1.0 / prec)
+
+
+@pytest.fixture(scope="module")
+def gl2():
+    prior, bank = gaussian_linear(2, 4000)
+    post = NPE().fit(bank, prior=prior, key=jax.random.key(1), progress=False)
+    return prior, post
+
+
+def test_gaussian_linear_2d_mean_and_sd(gl2):
+    prior, post = gl2
+    for x_obs in (np.array([0.3, -0.8], np.float32), np.array([-1.2, 0.5], np.float32)):
+        s = np.asarray(post.sample(jax.random.key(2), x_obs, 20000))
+        mean, sd = analytic(x_obs)
+        assert np.all(np.abs(s.mean(0) - mean) < 0.1 * sd), (s.mean(0), mean)
+        np.testing.assert_allclose(s.std(0), sd, rtol=0.1)
+
+
+def test_log_prob_matches_analytic_density(gl2):
+    prior, post = gl2
+    x_obs = np.array([0.3, -0.8], np.float32)
+    mean, sd = analytic(x_obs)
+    theta = mean + sd * np.random.default_rng(0).normal(size=(200, 2))
+    exact = -0.5 * np.sum(((theta - mean) / sd) ** 2, 1) - 2 * np.log(sd) - np.log(2 * np.pi)
+    lp = np.asarray(post.log_prob(theta, x_obs))
+    assert lp.shape == (200,)
+    assert np.mean(np.abs(lp - exact)) < 0.15
+
+
+def test_sample_shapes_single_and_batched(gl2):
+    prior, post = gl2
+    one = post.sample(jax.random.key(0), np.zeros(2), 7)
+    assert one.shape == (7, 2)
+    many = post.sample(jax.random.key(0), np.zeros((3, 2)), 5)
+    assert many.shape == (3, 5, 2)
+    lp = post.log_prob(np.zeros((4, 2)), np.zeros((3, 2)))
+    assert lp.shape == (3, 4)
+    assert post.log_prob(np.zeros(2), np.zeros(2)).shape == ()
+    assert post.log_prob(np.zeros((3, 6, 2)), np.zeros((3, 2))).shape == (3, 6)
+    assert post.map(np.zeros(2), num_samples=200, num_steps=20).shape == (2,)
+    assert post.names == ("t0", "t1") and post.history.epochs > 0
+
+
+def test_map_finds_the_mode(gl2):
+    prior, post = gl2
+    x_obs = np.array([0.3, -0.8], np.float32)
+    mean, sd = analytic(x_obs)
+    np.testing.assert_allclose(np.asarray(post.map(x_obs)), mean, atol=0.15 * sd)
+
+
+@pytest.fixture(scope="module")
+def box():
+    # Narrow box with the likelihood piling mass on its edge: a logit-free flow would leak.
+    prior = bmsbi.Prior.uniform([0.0, -1.0], [1.0, 1.0], names=["g", "h"])
+    theta = np.asarray(prior.sample(jax.random.key(0), 3000))
+    x = theta + 0.3 * np.random.default_rng(0).normal(size=theta.shape)
+    bank = bmsbi.Bank(theta, x.astype(np.float32), names=prior.names)
+    post = NPE(density_estimator="maf", hidden=32, num_layers=3, max_epochs=30).fit(
+        bank, prior=prior, key=jax.random.key(3), progress=False)
+    return prior, post
+
+
+def test_samples_stay_inside_uniform_support(box):
+    prior, post = box
+    x_obs = np.array([[1.2, 0.95], [-0.3, -1.4], [0.5, 0.0]], np.float32)
+    s = np.asarray(post.sample(jax.random.key(5), x_obs, 5000))
+    assert s.shape == (3, 5000, 2)
+    assert np.asarray(prior.in_support(s.reshape(-1, 2))).all()
+    assert s[0, :, 0].mean() > 0.6  # the edge case is actually pushing against the bound
+
+
+def test_log_prob_outside_support_is_minus_inf_never_nan(box):
+    prior, post = box
+    theta = np.array([[0.5, 0.0], [1.5, 0.0], [-0.1, 0.3], [0.5, 2.0], [np.nan, 0.0],
+                      [1.0, 1.0]], np.float32)
+    lp = np.asarray(post.log_prob(theta, np.zeros(2)))
+    assert np.isfinite(lp[0])
+    assert np.all(lp[1:4] == -np.inf) and lp[4] == -np.inf
+    assert not np.isnan(lp).any()
+
+
+def test_density_integrates_to_one_over_the_box(box):
+    # Checks the Jacobians (logit map + z-scoring) in log_prob.
+    prior, post = box
+    g = (np.arange(200) + 0.5) / 200
+    h = -1 + 2 * (np.arange(200) + 0.5) / 200
+    grid = np.stack(np.meshgrid(g, h, indexing="ij"), -1).reshape(-1, 2)
+    for x_obs in (np.array([0.5, 0.0]), np.array([1.2, 0.95])):
+        p = np.exp(np.asarray(post.log_prob(grid, x_obs.astype(np.float32))))
+        assert p.sum() * (1 / 200) * (2 / 200) == pytest.approx(1.0, abs=0.03)
+
+
+def test_bank_with_nan_rows_is_refused():
+    prior, bank = gaussian_linear(2, 100)
+    x = bank.x.copy()
+    x[[3, 10, 50]] = np.nan
+    with pytest.raises(ValueError, match=r"bank: 3 of 100 rows"):
+        NPE(max_epochs=1).fit(bmsbi.Bank(bank.theta, x), prior=prior, key=jax.random.key(0),
+                              progress=False)
+
+
+def test_bank_dimension_must_match_prior():
+    prior, bank = gaussian_linear(2, 100)
+    other = bmsbi.Prior.uniform([-3.0] * 3, [3.0] * 3)
+    with pytest.raises(ValueError, match=r"bank: theta has dimension 2 but the prior has dimension 3"):
+        NPE(max_epochs=1).fit(bank, prior=other, key=jax.random.key(0), progress=False)
+
+
+def test_bank_outside_prior_support_is_refused():
+    prior = bmsbi.Prior.uniform([0.0, 0.0], [1.0, 1.0])
+    bank = bmsbi.Bank(np.full((10, 2), 2.0, np.float32), np.zeros((10, 2), np.float32))
+    with pytest.raises(ValueError, match="outside the prior"):
+        NPE(max_epochs=1).fit(bank, prior=prior, key=jax.random.key(0), progress=False)
+
+
+def test_bad_x_obs_raises(box):
+    prior, post = box
+    with pytest.raises(ValueError, match=r"x_obs: expected shape \(2,\).*got \(3,\)"):
+        post.sample(jax.random.key(0), np.zeros(3), 10)
+    with pytest.raises(ValueError, match=r"x_obs: expected shape"):
+        post.log_prob(np.zeros(2), np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="x_obs: 1 of 1 observations hold NaN"):
+        post.sample(jax.random.key(0), np.array([np.nan, 0.0]), 10)
+    with pytest.raises(ValueError, match="theta"):
+        post.log_prob(np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError, match="num_samples"):
+        post.sample(jax.random.key(0), np.zeros(2), 0)
+
+
+def test_bad_estimator_arguments():
+    with pytest.raises(ValueError, match="density_estimator"):
+        NPE(density_estimator="gmm")
+    with pytest.raises(ValueError, match="hidden"):
+        NPE(hidden=0)
+    with pytest.raises(ValueError, match="embedding"):
+        NPE(embedding="cnn")
+
+
+@pytest.mark.parametrize("make", [
+    lambda k: MLPEmbedding((30, 2), out_dim=4, hidden=(16,), key=k),
+    lambda k: CNN1DEmbedding((30, 2), out_dim=4, channels=(4, 8), key=k),
+    lambda k: GRUEmbedding((30, 2), out_dim=4, hidden_size=8, key=k),
+    lambda k: DeepSetEmbedding((30, 2), out_dim=4, hidden=(8, 8), key=k),
+])
+def test_embeddings_train_jointly(make):
+    # theta sets the mean of 30 noisy 2-channel steps; the embedding must learn it.
+    prior = bmsbi.Prior.uniform([-1.0], [1.0], names=["mu"])
+    theta = np.asarray(prior.sample(jax.random.key(0), 1000))
+    x = theta[:, :, None] + 0.3 * np.random.default_rng(0).normal(size=(1000, 30, 2))
+    net = make(jax.random.key(1))
+    post = NPE(density_estimator="maf", hidden=16, num_layers=2, embedding=net,
+               max_epochs=15, learning_rate=3e-3).fit(
+        bmsbi.Bank(theta, x.astype(np.float32), names=["mu"]), prior=prior,
+        key=jax.random.key(2), progress=False)
+    x_obs = (0.5 + 0.3 * np.random.default_rng(9).normal(size=(30, 2))).astype(np.float32)
+    s = np.asarray(post.sample(jax.random.key(3), x_obs, 2000))
+    assert s.shape == (2000, 1)
+    assert abs(s.mean() - 0.5) < 0.25
+    with pytest.raises(ValueError, match="in_shape"):
+        NPE(embedding=make(jax.random.key(1))).fit(
+            bmsbi.Bank(theta, x[:, :20].astype(np.float32)), prior=prior, key=jax.random.key(0),
+            progress=False)
+
+
+@pytest.mark.slow
+def test_gaussian_linear_10d_at_10k():
+    from bmsbi.diagnostics import c2st
+
+    prior, bank = gaussian_linear(10, 10000, seed=11)
+    post = NPE().fit(bank, prior=prior, key=jax.random.key(0), progress=False)
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        x_obs = (rng.normal(size=10) * np.sqrt(1 + SIGMA**2)).astype(np.float32)
+        mean, sd = analytic(x_obs)
+        s = np.asarray(post.sample(jax.random.key(i), x_obs, 10000))
+        assert np.all(np.abs(s.mean(0) - mean) < 0.1 * sd)
+        ref = mean + sd * rng.normal(size=(10000, 10))
+        assert c2st(ref, s) <= 0.56
+
+
+@pytest.mark.slow
+def test_sampling_speed_after_compilation(gl2):
+    prior, post = gl2
+    key = jax.random.key(0)
+    post.sample(key, np.zeros(2), 10000).block_until_ready()
+    t = time.perf_counter()
+    post.sample(key, np.zeros(2), 10000).block_until_ready()
+    assert time.perf_counter() - t < 0.05 * 4  # 50 ms on an idle 2-core CPU; slack for load
+    xs = np.random.default_rng(0).normal(size=(1000, 2)).astype(np.float32)
+    post.sample(key, xs, 1000).block_until_ready()
+    t = time.perf_counter()
+    post.sample(key, xs, 1000).block_until_ready()
+    assert time.perf_counter() - t < 5.0 * 2
