@@ -7,10 +7,11 @@ Three verbs: simulate a bank (:func:`simulate_bank`), train an estimator
 __version__ = "0.1.0"
 
 from .prior import Prior
-from .bank import Bank, simulate_bank
-from . import engine, summaries, embeddings
+from .bank import Bank, simulate_bank, simulate_at
+from . import engine, summaries, embeddings, diagnostics, plotting
 from .posterior import Posterior, DirectPosterior, load_posterior
 from .estimators import NPE, NLE, NRE, MCMCPosterior
 
-__all__ = ["Prior", "Bank", "simulate_bank", "NPE", "NLE", "NRE", "Posterior", "DirectPosterior",
-           "MCMCPosterior", "load_posterior", "engine", "summaries", "embeddings", "__version__"]
+__all__ = ["Prior", "Bank", "simulate_bank", "simulate_at", "NPE", "NLE", "NRE", "Posterior", "DirectPosterior",
+           "MCMCPosterior", "load_posterior", "engine", "summaries", "embeddings", "diagnostics", "plotting",
+           "__version__"]

@@ -29,7 +29,7 @@ import numpy as np
 from ._checks import as_key, check_positive_int
 from .prior import Prior, as_prior
 
-__all__ = ["Bank", "simulate_bank"]
+__all__ = ["Bank", "simulate_bank", "simulate_at"]
 
 SCHEMA_VERSION = 1
 _FORMAT = "bmsbi.bank"
@@ -300,22 +300,93 @@ def _simulator_name(simulator) -> str:
     return f"{mod}.{name}"
 
 
-def _build_chunk_fn(simulator, prior: Prior, key):
-    """``index (c,) -> (theta (c, d), x (c, *x_shape))`` for one chunk: (compiled, uncompiled)."""
+def _build_sim_fn(simulator, k_sim):
+    """``(theta (c, d), index (c,)) -> x (c, *x_shape)`` for one chunk: (compiled, uncompiled).
+
+    Simulation ``i`` gets the key ``fold_in(k_sim, i)``, also as brainstate's random
+    state (noise inside brainmass models), so it does not depend on the chunking.
+    """
     import brainstate
 
-    k_theta, k_sim = jax.random.split(key)
-
-    def one(i):
-        theta = prior.sample(jax.random.fold_in(k_theta, i), 1)[0]
+    def one(theta, i):
         k = jax.random.fold_in(k_sim, i)
-        # brainstate random state (noise inside brainmass models) follows the same key.
         with brainstate.random.seed_context(k):
-            x = simulator(theta, k)
-        return theta, x
+            return simulator(theta, k)
 
     mapped = brainstate.transform.vmap(one)
     return brainstate.transform.jit(mapped), mapped
+
+
+def _probe(mapped, d: int):
+    """Output shape and dtype of the simulator, traced once without running it."""
+    import brainstate
+
+    try:
+        x_struct = brainstate.transform.eval_shape(
+            mapped, jax.ShapeDtypeStruct((1, d), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32))
+    except Exception as exc:
+        raise ValueError(
+            f"simulator: calling simulator(theta (d={d},), key) failed while tracing: "
+            f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(x_struct, jax.ShapeDtypeStruct):
+        raise ValueError(f"simulator: expected it to return one array, got a {type(x_struct).__name__}")
+    if not jnp.issubdtype(x_struct.dtype, jnp.floating):
+        raise ValueError(f"simulator: expected a floating-point output, got dtype {x_struct.dtype}; "
+                         "cast it, e.g. x.astype(jnp.float32)")
+    return tuple(x_struct.shape[1:]), x_struct.dtype
+
+
+def _local_sharding():
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return None, 1
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    return NamedSharding(Mesh(np.array(devices), ("sims",)), PartitionSpec("sims")), len(devices)
+
+
+def _run_chunk(fn, theta, idx, sharding, x_shape):
+    """Simulate one (padded) chunk; the parameter axis is split over the local devices."""
+    args = (theta, idx) if sharding is None else (jax.device_put(theta, sharding), jax.device_put(idx, sharding))
+    x = np.asarray(jax.device_get(fn(*args)))
+    if x.shape[1:] != x_shape:
+        raise ValueError(f"simulator: output shape changed from {x_shape} to {x.shape[1:]} between calls")
+    return x
+
+
+def simulate_at(simulator: Callable, theta, *, key, chunk_size: int | None = None) -> np.ndarray:
+    """Run ``simulator`` at given parameters: ``x (n, *x_shape)``, NaN/inf kept as returned.
+
+    The same machinery as :func:`simulate_bank` (brainstate vmap, per-simulation keys
+    ``fold_in(key, i)`` also seeding brainstate's noise, chunks split over local
+    devices), for parameters you already have — posterior draws for a posterior
+    predictive check, a grid, a design.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, numpy as np, bmsbi
+    >>> sim = lambda theta, key: theta + 0.1 * jax.random.normal(key, (2,))
+    >>> bmsbi.simulate_at(sim, np.zeros((5, 2), np.float32), key=jax.random.key(0)).shape
+    (5, 2)
+    """
+    if not callable(simulator):
+        raise ValueError(f"simulator: expected a callable simulator(theta, key) -> x, got {type(simulator).__name__}")
+    theta = np.asarray(theta, dtype=np.float32)
+    if theta.ndim != 2 or theta.shape[0] == 0:
+        raise ValueError(f"theta: expected shape (n, d) with n >= 1, got {theta.shape}")
+    if not np.isfinite(theta).all():
+        raise ValueError(f"theta: {int((~np.isfinite(theta)).any(axis=1).sum())} rows hold NaN or inf")
+    chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
+    fn, mapped = _build_sim_fn(simulator, as_key(key))
+    x_shape, dtype = _probe(mapped, theta.shape[1])
+    sharding, n_dev = _local_sharding()
+    n = theta.shape[0]
+    cs = _resolve_chunk_size(chunk_size, n, int(np.prod(x_shape, dtype=np.int64)) * dtype.itemsize, n_dev)
+    out = []
+    for start in range(0, n, cs):
+        idx = np.arange(start, start + cs, dtype=np.int32)
+        rows = np.minimum(idx, n - 1)  # pad the last chunk by repeating the last row
+        out.append(_run_chunk(fn, theta[rows], idx, sharding, x_shape)[: min(cs, n - start)])
+    return np.concatenate(out)
 
 
 def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev):
@@ -385,27 +456,14 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     if on_invalid not in _ON_INVALID:
         raise ValueError(f"on_invalid: expected one of {_ON_INVALID}, got {on_invalid!r}")
     key = as_key(key)
-    fn, mapped = _build_chunk_fn(simulator, prior, key)
+    k_theta, k_sim = jax.random.split(key)
+    fn, mapped = _build_sim_fn(simulator, k_sim)
+    x_shape, x_dtype = _probe(mapped, prior.dim)
+    # theta_i depends on (key, i) only: identical for any chunking or device count.
+    theta_fn = jax.jit(jax.vmap(lambda i: prior.sample(jax.random.fold_in(k_theta, i), 1)[0]))
 
-    # One traced probe gives the output shape/dtype without running the simulation.
-    try:
-        import brainstate
-
-        out = brainstate.transform.eval_shape(mapped, jax.ShapeDtypeStruct((1,), jnp.int32))
-    except Exception as exc:
-        raise ValueError(
-            f"simulator: calling simulator(theta (d={prior.dim},), key) failed while tracing: "
-            f"{type(exc).__name__}: {exc}") from exc
-    x_struct = out[1]
-    if not isinstance(x_struct, jax.ShapeDtypeStruct):
-        raise ValueError(f"simulator: expected it to return one array, got a {type(x_struct).__name__}")
-    if not jnp.issubdtype(x_struct.dtype, jnp.floating):
-        raise ValueError(f"simulator: expected a floating-point output, got dtype {x_struct.dtype}; cast it, e.g. x.astype(jnp.float32)")
-    x_shape = tuple(x_struct.shape[1:])
-
-    devices = jax.local_devices()
-    n_dev = len(devices)
-    bytes_per_sim = int(np.prod(x_shape, dtype=np.int64)) * x_struct.dtype.itemsize
+    sharding, n_dev = _local_sharding()
+    bytes_per_sim = int(np.prod(x_shape, dtype=np.int64)) * x_dtype.itemsize
     cs = _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev)
     n_chunks = math.ceil(n / cs)
     proc, n_proc = jax.process_index(), jax.process_count()
@@ -414,7 +472,7 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     folder = Path(path) if path is not None else None
     fingerprint = {"simulator": _simulator_name(simulator), "num_simulations": n, "chunk_size": cs,
                    "key": np.asarray(jax.random.key_data(key)).tolist(), "on_invalid": on_invalid,
-                   "x_shape": list(x_shape), "x_dtype": str(x_struct.dtype)}
+                   "x_shape": list(x_shape), "x_dtype": str(x_dtype)}
     try:
         fingerprint["prior"] = prior.to_dict()
     except ValueError:
@@ -435,11 +493,6 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         if old is None and proc == 0:
             _atomic_write(folder / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
-    sharding = None
-    if n_dev > 1:
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
-        sharding = NamedSharding(Mesh(np.array(devices), ("sims",)), PartitionSpec("sims"))
-
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -453,11 +506,9 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
             if data is None:
                 # Pad the last chunk to the compiled shape; the padding is simulated and discarded.
                 idx = np.arange(c * cs, (c + 1) * cs, dtype=np.int32)
-                idx_dev = jax.device_put(idx, sharding) if sharding is not None else idx
-                theta, x = jax.device_get(fn(idx_dev))
-                theta, x, idx = np.asarray(theta)[:count], np.asarray(x)[:count], idx[:count]
-                if x.shape[1:] != x_shape:
-                    raise ValueError(f"simulator: output shape changed from {x_shape} to {x.shape[1:]} between calls")
+                theta = np.asarray(theta_fn(idx))
+                x = _run_chunk(fn, theta, idx, sharding, x_shape)
+                theta, x, idx = theta[:count], x[:count], idx[:count]
                 if on_invalid == "raise" and not _finite_rows(x).all():
                     bad = idx[~_finite_rows(x)]
                     raise ValueError(
@@ -477,7 +528,7 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
 
     index = np.concatenate([results[c]["index"] for c in mine]) if mine else np.zeros(0, np.int32)
     theta = np.concatenate([results[c]["theta"] for c in mine]) if mine else np.zeros((0, prior.dim), np.float32)
-    x = np.concatenate([results[c]["x"] for c in mine]) if mine else np.zeros((0, *x_shape), x_struct.dtype)
+    x = np.concatenate([results[c]["x"] for c in mine]) if mine else np.zeros((0, *x_shape), x_dtype)
     theta, x, invalid = _apply_policy(theta, x, index, on_invalid)
     meta = {"num_simulations": n, "num_invalid": len(invalid), "invalid_indices": invalid,
             "on_invalid": on_invalid, "chunk_size": cs, "simulator": fingerprint["simulator"],

@@ -1,4 +1,9 @@
-"""``bmsbi demo``: the main job, end to end on an embedded brainmass model."""
+"""``bmsbi demo``: the main job, end to end on an embedded brainmass model.
+
+simulate a bank → train NPE → infer on a held-out synthetic recording → check
+calibration (SBC, expected coverage) → write PNG plots, a netCDF InferenceData and a
+short text report.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +16,45 @@ import numpy as np
 __all__ = ["run_demo"]
 
 
-def _plot_bank(bank, task, recording, path: Path) -> None:
+def _plot_recording_and_posterior(task, recording, samples, true_theta, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    d = bank.dim
-    fig, axes = plt.subplots(1, d + 1, figsize=(4 * (d + 1), 3.4))
+    d = samples.shape[1]
+    fig, axes = plt.subplots(1, d + 1, figsize=(3.6 * (d + 1), 3.2))
     t = np.arange(recording.shape[0]) / task.fs
-    axes[0].plot(t, recording[:, 0], lw=0.8)
-    axes[0].set(title=f"{task.name}: synthetic recording", xlabel="time (s)", ylabel="signal")
-    # How the first summary feature depends on each parameter: identifiability at a glance.
-    feat = bank.x.reshape(len(bank), -1)[:, 0]
-    for i, name in enumerate(bank.names):
-        axes[i + 1].scatter(bank.theta[:, i], feat, s=2, alpha=0.3)
-        axes[i + 1].set(xlabel=name, ylabel="summary[0]", title=f"summary[0] vs {name}")
+    axes[0].plot(t, recording[:, 0], lw=0.7, color="k")
+    axes[0].set(title=f"held-out recording ({task.name})", xlabel="time (s)", ylabel="signal")
+    lo, hi = task.prior.bounds()
+    for i, name in enumerate(task.prior.names):
+        ax = axes[i + 1]
+        ax.hist(samples[:, i], bins=50, density=True, color="C0", alpha=0.7, label="posterior")
+        ax.axvline(true_theta[i], color="C3", lw=2, label="true value")
+        if np.isfinite(lo[i]) and np.isfinite(hi[i]):
+            ax.set_xlim(lo[i], hi[i])
+        unit = task.units.get(name, "") if hasattr(task, "units") else ""
+        ax.set(title=f"p({name} | recording)", xlabel=f"{name} {unit}".strip(), yticks=[])
+    axes[1].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_history(history, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(history.train_loss, label="train")
+    if history.val_loss:
+        ax.plot(history.val_loss, label="validation")
+        ax.axvline(history.best_epoch, color="k", ls=":", lw=1, label="best epoch")
+    ax.set(xlabel="epoch", ylabel="negative log-likelihood", title="NPE training")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -34,33 +62,88 @@ def _plot_bank(bank, task, recording, path: Path) -> None:
 
 def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_simulations: int | None = None,
              seed: int = 0, quiet: bool = False) -> dict:
-    """Simulate a bank for ``task_name``, plot it and write a report into ``out``.
+    """Run the end-to-end demo on ``task_name`` and write everything into ``out``.
 
-    Returns the report as a dict (also written as ``report.json`` / ``report.txt``).
+    Returns the report as a dict (also written as ``report.json`` and ``report.txt``).
+
+    Examples
+    --------
+    >>> from bmsbi.demo import run_demo
+    >>> report = run_demo("hopf_node", out="/tmp/bmsbi-demo", num_simulations=2000, quiet=True)  # doctest: +SKIP
     """
     import jax
 
     import bmsbi
     import simulators
+    from bmsbi import diagnostics
 
     task = simulators.get(task_name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n = num_simulations or 5000
+    timings = {}
+    k_bank, k_fit, k_obs, k_post, k_cal = jax.random.split(jax.random.key(seed), 5)
+
     t0 = time.perf_counter()
-    key_bank, key_obs = jax.random.split(jax.random.key(seed))
-    bank = bmsbi.simulate_bank(task.simulator, task.prior, n, key=key_bank, progress=not quiet,
+    bank = bmsbi.simulate_bank(task.simulator, task.prior, n, key=k_bank, progress=not quiet,
                                path=out / "bank")
-    t_bank = time.perf_counter() - t0
-    recording = np.asarray(task.observe(np.asarray(task.true_theta, dtype=np.float32), key_obs))
-    _plot_bank(bank, task, recording, out / "bank.png")
-    report = {"task": task.name, "parameters": list(task.prior.names), "num_simulations": n,
-              "num_invalid": bank.meta["num_invalid"], "bank_seconds": round(t_bank, 2),
-              "simulations_per_second": round(n / t_bank, 1), "x_shape": list(bank.x_shape),
-              "true_theta": np.asarray(task.true_theta).tolist()}
+    timings["simulate"] = time.perf_counter() - t0
+
+    # Hold out 10 % of the bank for calibration checks; train on the rest.
+    train, test = bank.split(0.9, key=seed)
+    t0 = time.perf_counter()
+    posterior = bmsbi.NPE().fit(train, prior=task.prior, key=k_fit, progress=not quiet)
+    timings["train"] = time.perf_counter() - t0
+    posterior.save(out / "posterior.bmsbi")
+
+    # A held-out synthetic recording at the task's reference parameters.
+    true_theta = np.asarray(task.true_theta, dtype=np.float32)
+    recording = np.asarray(task.observe(true_theta, k_obs))
+    x_obs = np.asarray(task.summary(recording))
+    t0 = time.perf_counter()
+    samples = np.asarray(posterior.sample(k_post, x_obs, 10_000))
+    timings["sample_10k"] = time.perf_counter() - t0
+    _plot_recording_and_posterior(task, recording, samples, true_theta, out / "posterior.png")
+    _plot_history(posterior.history, out / "training.png")
+
+    idata = posterior.to_arviz(k_post, x_obs, num_samples=1000, num_chains=4)
+    idata.to_netcdf(str(out / "inference_data.nc"))
+
+    t0 = time.perf_counter()
+    m = min(len(test), 300)
+    k_sbc, k_cov = jax.random.split(k_cal)
+    ranks = diagnostics.sbc_ranks(posterior, test.theta[:m], test.x[:m], key=k_sbc, num_samples=200)
+    sbc_p = diagnostics.sbc_uniformity(ranks, 200)
+    diagnostics.plot_sbc_ecdf(ranks, 200, names=task.prior.names, path=out / "sbc.png")
+    cov = diagnostics.expected_coverage(posterior, test.theta[:m], test.x[:m], key=k_cov)
+    diagnostics.plot_coverage(cov, path=out / "coverage.png")
+    timings["calibration"] = time.perf_counter() - t0
+
+    mean, sd = samples.mean(0), samples.std(0)
+    report = {
+        "task": task.name, "parameters": list(task.prior.names), "num_simulations": n,
+        "num_invalid": bank.meta["num_invalid"], "num_train": len(train), "num_calibration": m,
+        "epochs": posterior.history.epochs, "best_val_loss": round(float(posterior.history.best_val_loss), 4),
+        "true_theta": true_theta.tolist(), "posterior_mean": mean.tolist(), "posterior_sd": sd.tolist(),
+        "z_score": ((mean - true_theta) / sd).tolist(),
+        "sbc_p_values": np.asarray(sbc_p).tolist(),
+        "coverage_max_abs_deviation": float(np.max(np.abs(np.asarray(cov.coverage) - np.asarray(cov.levels)))),
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+    }
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    lines = [f"bmsbi demo: task {task.name}"] + [f"  {k}: {v}" for k, v in report.items()]
+    lines = [f"bmsbi demo — task {task.name}: {task.description}",
+             f"bank: {n} simulations ({report['num_invalid']} invalid) in {timings['simulate']:.1f} s",
+             f"NPE: {report['epochs']} epochs in {timings['train']:.1f} s "
+             f"(best validation loss {report['best_val_loss']})",
+             f"10,000 posterior samples in {timings['sample_10k'] * 1e3:.0f} ms (first call, compilation included)",
+             "held-out recording, posterior mean ± sd vs true value:"]
+    for i, name in enumerate(task.prior.names):
+        lines.append(f"  {name:8s} {mean[i]: .4g} ± {sd[i]:.3g}   (true {true_theta[i]:.4g}, "
+                     f"z = {report['z_score'][i]:+.2f})")
+    lines.append(f"calibration on {m} held-out simulations: SBC uniformity p-values "
+                 + ", ".join(f"{nm}={p:.2f}" for nm, p in zip(task.prior.names, report["sbc_p_values"]))
+                 + f"; expected coverage max |deviation| {report['coverage_max_abs_deviation']:.3f}")
+    lines.append(f"files: {', '.join(sorted(p.name for p in out.iterdir()))}")
     (out / "report.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"wrote {out}/bank.png, {out}/report.txt and the bank in {out}/bank")
     return report

@@ -275,3 +275,16 @@ def test_dict_prior_is_accepted():
     bank = bmsbi.simulate_bank(gauss_sim, {"a": dist.Normal(0.0, 1.0), "b": dist.Normal(0.0, 1.0)}, 16,
                                key=0, progress=False)
     assert bank.names == ("a", "b")
+
+
+def test_simulate_at_matches_the_bank_machinery():
+    theta = np.array([[0.1, -0.2], [0.5, 0.5], [0.0, 0.0]], np.float32)
+    x = bmsbi.simulate_at(gauss_sim, theta, key=jax.random.key(0))
+    assert x.shape == (3, 4)
+    np.testing.assert_allclose(x - np.concatenate([theta, theta], 1), 0.0, atol=0.5)
+    again = bmsbi.simulate_at(gauss_sim, theta, key=jax.random.key(0), chunk_size=2)
+    np.testing.assert_allclose(again, x, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"theta: expected shape \(n, d\)"):
+        bmsbi.simulate_at(gauss_sim, np.zeros(3), key=0)
+    with pytest.raises(ValueError, match="theta: 1 rows hold NaN"):
+        bmsbi.simulate_at(gauss_sim, np.array([[np.nan, 0.0]]), key=0)
