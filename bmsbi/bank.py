@@ -300,30 +300,67 @@ def _simulator_name(simulator) -> str:
     return f"{mod}.{name}"
 
 
-def _build_sim_fn(simulator, k_sim):
-    """``(theta (c, d), index (c,)) -> x (c, *x_shape)`` for one chunk: (compiled, uncompiled).
+# Compiled functions reused across calls (simulate_bank, simulate_at, resumed runs, posterior
+# predictive checks): the keys are arguments, not constants of the trace, so the same simulator
+# (or prior) with a new key or another bank of the same chunk shape does not trace and compile
+# again. Like jax.jit, a cached simulator keeps the globals it read when first traced.
+_FN_CACHE: dict = {}
+_FN_CACHE_MAX = 16
+
+
+def _cached(cache_key, build):
+    try:
+        hit = _FN_CACHE.pop(cache_key, None)
+    except TypeError:  # an unhashable callable: no caching
+        return build()
+    if hit is None:
+        hit = build()
+    _FN_CACHE[cache_key] = hit  # most recently used last
+    while len(_FN_CACHE) > _FN_CACHE_MAX:
+        _FN_CACHE.pop(next(iter(_FN_CACHE)))
+    return hit
+
+
+def _build_sim_fn(simulator):
+    """``(theta (c, d), index (c,), k_sim) -> x (c, *x_shape)`` for one chunk: (compiled, uncompiled).
 
     Simulation ``i`` gets the key ``fold_in(k_sim, i)``, also as brainstate's random
     state (noise inside brainmass models), so it does not depend on the chunking.
     """
+    def build():
+        import brainstate
+
+        def one(theta, i, k_sim):
+            k = jax.random.fold_in(k_sim, i)
+            with brainstate.random.seed_context(k):
+                return simulator(theta, k)
+
+        mapped = brainstate.transform.vmap(one, in_axes=(0, 0, None))
+        return brainstate.transform.jit(mapped), mapped, {}
+
+    return _cached(("sim", simulator), build)
+
+
+def _theta_fn(prior: Prior):
+    """``(index (c,), k_theta) -> theta (c, d)``, compiled once per prior specification."""
+    try:
+        spec = json.dumps(prior.to_dict(), sort_keys=True)
+    except (TypeError, ValueError):
+        spec = prior  # not serialisable: cache by the object itself
+    return _cached(("prior", spec), lambda: jax.jit(jax.vmap(
+        lambda i, k: prior.sample(jax.random.fold_in(k, i), 1)[0], in_axes=(0, None))))
+
+
+def _probe(sim_fn, d: int, k_sim):
+    """Output shape and dtype of the simulator, traced once (per ``d``) without running it."""
     import brainstate
 
-    def one(theta, i):
-        k = jax.random.fold_in(k_sim, i)
-        with brainstate.random.seed_context(k):
-            return simulator(theta, k)
-
-    mapped = brainstate.transform.vmap(one)
-    return brainstate.transform.jit(mapped), mapped
-
-
-def _probe(mapped, d: int):
-    """Output shape and dtype of the simulator, traced once without running it."""
-    import brainstate
-
+    _, mapped, probes = sim_fn
+    if d in probes:
+        return probes[d]
     try:
         x_struct = brainstate.transform.eval_shape(
-            mapped, jax.ShapeDtypeStruct((1, d), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32))
+            mapped, jax.ShapeDtypeStruct((1, d), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32), k_sim)
     except Exception as exc:
         raise ValueError(
             f"simulator: calling simulator(theta (d={d},), key) failed while tracing: "
@@ -333,7 +370,8 @@ def _probe(mapped, d: int):
     if not jnp.issubdtype(x_struct.dtype, jnp.floating):
         raise ValueError(f"simulator: expected a floating-point output, got dtype {x_struct.dtype}; "
                          "cast it, e.g. x.astype(jnp.float32)")
-    return tuple(x_struct.shape[1:]), x_struct.dtype
+    probes[d] = (tuple(x_struct.shape[1:]), x_struct.dtype)
+    return probes[d]
 
 
 def _local_sharding():
@@ -344,10 +382,10 @@ def _local_sharding():
     return NamedSharding(Mesh(np.array(devices), ("sims",)), PartitionSpec("sims")), len(devices)
 
 
-def _run_chunk(fn, theta, idx, sharding, x_shape):
+def _run_chunk(fn, theta, idx, k_sim, sharding, x_shape):
     """Simulate one (padded) chunk; the parameter axis is split over the local devices."""
     args = (theta, idx) if sharding is None else (jax.device_put(theta, sharding), jax.device_put(idx, sharding))
-    x = np.asarray(jax.device_get(fn(*args)))
+    x = np.asarray(jax.device_get(fn(*args, k_sim)))
     if x.shape[1:] != x_shape:
         raise ValueError(f"simulator: output shape changed from {x_shape} to {x.shape[1:]} between calls")
     return x
@@ -376,8 +414,10 @@ def simulate_at(simulator: Callable, theta, *, key, chunk_size: int | None = Non
     if not np.isfinite(theta).all():
         raise ValueError(f"theta: {int((~np.isfinite(theta)).any(axis=1).sum())} rows hold NaN or inf")
     chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
-    fn, mapped = _build_sim_fn(simulator, as_key(key))
-    x_shape, dtype = _probe(mapped, theta.shape[1])
+    k_sim = as_key(key)
+    sim_fn = _build_sim_fn(simulator)
+    fn = sim_fn[0]
+    x_shape, dtype = _probe(sim_fn, theta.shape[1], k_sim)
     sharding, n_dev = _local_sharding()
     n = theta.shape[0]
     cs = _resolve_chunk_size(chunk_size, n, int(np.prod(x_shape, dtype=np.int64)) * dtype.itemsize, n_dev)
@@ -385,7 +425,7 @@ def simulate_at(simulator: Callable, theta, *, key, chunk_size: int | None = Non
     for start in range(0, n, cs):
         idx = np.arange(start, start + cs, dtype=np.int32)
         rows = np.minimum(idx, n - 1)  # pad the last chunk by repeating the last row
-        out.append(_run_chunk(fn, theta[rows], idx, sharding, x_shape)[: min(cs, n - start)])
+        out.append(_run_chunk(fn, theta[rows], idx, k_sim, sharding, x_shape)[: min(cs, n - start)])
     return np.concatenate(out)
 
 
@@ -457,10 +497,11 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         raise ValueError(f"on_invalid: expected one of {_ON_INVALID}, got {on_invalid!r}")
     key = as_key(key)
     k_theta, k_sim = jax.random.split(key)
-    fn, mapped = _build_sim_fn(simulator, k_sim)
-    x_shape, x_dtype = _probe(mapped, prior.dim)
+    sim_fn = _build_sim_fn(simulator)
+    fn = sim_fn[0]
+    x_shape, x_dtype = _probe(sim_fn, prior.dim, k_sim)
     # theta_i depends on (key, i) only: identical for any chunking or device count.
-    theta_fn = jax.jit(jax.vmap(lambda i: prior.sample(jax.random.fold_in(k_theta, i), 1)[0]))
+    theta_fn = _theta_fn(prior)
 
     sharding, n_dev = _local_sharding()
     bytes_per_sim = int(np.prod(x_shape, dtype=np.int64)) * x_dtype.itemsize
@@ -506,8 +547,8 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
             if data is None:
                 # Pad the last chunk to the compiled shape; the padding is simulated and discarded.
                 idx = np.arange(c * cs, (c + 1) * cs, dtype=np.int32)
-                theta = np.asarray(theta_fn(idx))
-                x = _run_chunk(fn, theta, idx, sharding, x_shape)
+                theta = np.asarray(theta_fn(idx, k_theta))
+                x = _run_chunk(fn, theta, idx, k_sim, sharding, x_shape)
                 theta, x, idx = theta[:count], x[:count], idx[:count]
                 if on_invalid == "raise" and not _finite_rows(x).all():
                     bad = idx[~_finite_rows(x)]
