@@ -783,7 +783,8 @@ def c2st(a, b, *, seed: int = 1, n_folds: int = 5, z_score: bool = True) -> floa
         solver="adam",
         random_state=seed,
     )
-    data = np.concatenate([a, b])
+    # float32 as in sbibm (torch tensors); also ~1.5x faster than float64 in sklearn.
+    data = np.concatenate([a, b]).astype(np.float32)
     target = np.concatenate([np.zeros(a.shape[0]), np.ones(b.shape[0])])
     folds = KFold(n_splits=int(n_folds), shuffle=True, random_state=seed)
     scores = cross_val_score(clf, data, target, cv=folds, scoring="accuracy")
