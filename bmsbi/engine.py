@@ -46,6 +46,7 @@ STOP_PATIENCE = "patience"
 STOP_MAX_EPOCHS = "max_epochs"
 STOP_NONFINITE = "non-finite loss"
 STOP_INTERRUPTED = "interrupted"
+STOP_CALLBACK = "callback"
 
 
 # --------------------------------------------------------------------------- history
@@ -71,6 +72,13 @@ class History:
         Seconds spent in :func:`fit`, compilation included.
     epoch_time : list of float
         Seconds since the start of :func:`fit` at the end of each epoch.
+    lr_scale : list of float
+        Learning-rate multiplier of each epoch (changes only with ``schedule="plateau"``).
+    val_metrics : dict of str to list of float
+        Each ``metrics_fn`` quantity on the validation set after each epoch (empty without
+        ``metrics_fn``).
+    monitor : str
+        The quantity that chose the best epoch and drove early stopping.
     num_train, num_val, batch_size, steps_per_epoch, num_devices : int
         Sizes actually used.
     """
@@ -83,6 +91,9 @@ class History:
     stop_reason: str = ""
     wall_time: float = 0.0
     epoch_time: list = dataclasses.field(default_factory=list)
+    lr_scale: list = dataclasses.field(default_factory=list)
+    val_metrics: dict = dataclasses.field(default_factory=dict)
+    monitor: str = "val_loss"
     num_train: int = 0
     num_val: int = 0
     batch_size: int = 0
@@ -94,6 +105,8 @@ class History:
         def clean(v):
             if isinstance(v, list):
                 return [clean(u) for u in v]
+            if isinstance(v, dict):
+                return {k: clean(u) for k, u in v.items()}
             if isinstance(v, float) and not math.isfinite(v):
                 return None
             return v
@@ -109,9 +122,11 @@ class History:
         def unclean(v):
             if isinstance(v, list):
                 return [unclean(u) for u in v]
+            if isinstance(v, dict):
+                return {k: unclean(u) for k, u in v.items()}
             return math.nan if v is None else v
         kwargs = {k: unclean(v) for k, v in d.items() if k in names}
-        for k in ("train_loss", "val_loss", "epoch_time"):
+        for k in ("train_loss", "val_loss", "epoch_time", "lr_scale"):
             kwargs[k] = [float(v) for v in kwargs.get(k, [])]
         return cls(**kwargs)
 
@@ -282,7 +297,9 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         learning_rate: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 256,
         max_epochs: int = 200, validation_fraction: float = 0.1, validation_data=None,
         patience: int | None = 20, min_delta: float = 0.0, clip_norm: float | None = 5.0,
-        schedule=None, devices=None, progress: bool = True, desc: str = "fit"):
+        schedule=None, plateau_patience: int = 5, plateau_factor: float = 0.5, devices=None,
+        progress: bool = True, desc: str = "fit", metrics_fn: Callable | None = None,
+        monitor: str = "val_loss", monitor_mode: str = "min", callbacks=()):
     """Train ``params`` to minimise ``loss_fn`` over minibatches of ``data``.
 
     Parameters
@@ -323,12 +340,30 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     clip_norm : float or None, default 5
         Global gradient-norm clip.
     schedule : None, str or callable
-        Learning-rate schedule over ``max_epochs * steps_per_epoch`` steps; see
-        :func:`make_optimizer`.
+        Learning-rate schedule over ``max_epochs * steps_per_epoch`` steps (see
+        :func:`make_optimizer`), or ``"plateau"``: multiply the step by
+        ``plateau_factor`` whenever the validation loss has not improved for
+        ``plateau_patience`` epochs (works with any ``optimizer``).
+    plateau_patience : int, default 5
+    plateau_factor : float, default 0.5
     devices : None, int or list of devices
         Devices for data parallelism; default all local devices.
     progress : bool, default True
         Show a tqdm bar (epoch, train/val loss, elapsed time).
+    metrics_fn : callable, optional
+        ``metrics_fn(params, static, batch, key) -> dict of scalars``, evaluated on the
+        validation set after each epoch (chunk means, like the validation loss) inside the
+        compiled epoch; recorded as ``history.val_metrics[name]``.
+    monitor : str, default "val_loss"
+        What chooses the best epoch and drives ``patience``: ``"val_loss"`` or
+        ``"val_<name>"`` for a ``metrics_fn`` quantity.
+    monitor_mode : "min" or "max", default "min"
+        Whether a smaller or a larger monitored value is better.
+    callbacks : sequence of callables
+        ``callback(epoch, logs, params) -> bool | None`` after each epoch on the host;
+        ``logs`` holds ``loss``, ``val_loss`` and ``val_<name>``; ``params`` are the
+        current parameters (valid until the next epoch runs). Returning ``True`` stops
+        training (``stop_reason == "callback"``).
 
     Returns
     -------
@@ -370,6 +405,7 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
             raise ValueError("validation_data: expected the same pytree structure as data")
         train, val = data, validation_data
         n_train = n
+        chunking = _val_chunking(n_val, int(batch_size), _num_devices(devices))
     else:
         if not 0.0 <= validation_fraction < 1.0:
             raise ValueError(
@@ -377,8 +413,9 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         n_val = int(round(validation_fraction * n))
         if validation_fraction > 0 and n_val == 0:
             n_val = 1
-        if n_val:  # equal validation chunks: hand the few leftover rows to training
-            n_val = _val_chunking(n_val, batch_size, _num_devices(devices))[2]
+        # Equal validation chunks: the few leftover rows go to training instead.
+        chunking = _val_chunking(n_val, int(batch_size), _num_devices(devices))
+        n_val = chunking[2]
         n_train = n - n_val
         if n_train < 1:
             raise ValueError(f"data: {n} rows leave no training rows with "
@@ -390,7 +427,7 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
 
     mesh = _device_mesh(devices)
     num_devices = 1 if mesh is None else mesh.size
-    val_chunks, val_chunk, n_val_used = _val_chunking(n_val, int(batch_size), _num_devices(devices))
+    val_chunks, val_chunk, n_val_used = chunking
     batch_size = int(min(batch_size, n_train))
     if batch_size % num_devices:
         rounded = max(batch_size - batch_size % num_devices, num_devices)
@@ -404,13 +441,35 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         val = jax.tree_util.tree_map(lambda a: a[:n_val_used], val)
         n_val = n_val_used
 
-    optimizer = make_optimizer(learning_rate, schedule=schedule, total_steps=steps * max_epochs,
-                               weight_decay=weight_decay, clip_norm=clip_norm, optimizer=optimizer)
+    plateau = schedule == "plateau"
+    if plateau and val is None:
+        raise ValueError("schedule: 'plateau' needs a validation set (validation_fraction > 0 "
+                         "or validation_data)")
+    optimizer = make_optimizer(learning_rate, schedule=None if plateau else schedule,
+                               total_steps=steps * max_epochs, weight_decay=weight_decay,
+                               clip_norm=clip_norm, optimizer=optimizer)
 
     trainable, frozen = _partition(params)
     # Arrays of `frozen`/`static` travel as jit arguments; the rest is closed over.
     consts = (frozen, static)
     const_arrays, const_rest = eqx.partition(consts, eqx.is_array)
+
+    if monitor_mode not in ("min", "max"):
+        raise ValueError(f"monitor_mode: expected 'min' or 'max', got {monitor_mode!r}")
+    metric_names = []
+    if metrics_fn is not None and val is not None:
+        # Names (and a trace check) from shapes alone: nothing is compiled here.
+        def metrics_shapes(tr, arrays, batch):
+            frozen_, static_ = eqx.combine(arrays, const_rest)
+            return metrics_fn(eqx.combine(tr, frozen_), static_, batch, key)
+        sample = jax.tree_util.tree_map(lambda a: jnp.asarray(a[:val_chunk]), val)
+        shapes = jax.eval_shape(metrics_shapes, trainable, const_arrays, sample)
+        if not isinstance(shapes, dict):
+            raise ValueError(f"metrics_fn: expected a dict of scalars, got {type(shapes).__name__}")
+        metric_names = sorted(shapes)
+    if val is not None and monitor != "val_loss" and monitor[4:] not in metric_names:
+        raise ValueError(f"monitor: expected 'val_loss' or one of "
+                         f"{['val_' + m for m in metric_names]}, got {monitor!r}")
 
     if mesh is not None:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -430,7 +489,7 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     def take(tree, idx):
         return shard(jax.tree_util.tree_map(lambda a: a[idx], tree))
 
-    def train_epoch(tr, opt_state, arrays, train_data, k):
+    def train_epoch(tr, opt_state, arrays, train_data, k, lr_scale):
         k_perm, k_steps = jax.random.split(k)
         order = jax.random.permutation(k_perm, n_train)[: steps * batch_size]
         order = order.reshape(steps, batch_size)
@@ -440,11 +499,18 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
             idx, ks = inp
             loss, grads = grad_fn(tr_, arrays, take(train_data, idx), ks)
             updates, st_ = optimizer.update(grads, st_, tr_)
+            if plateau:
+                updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
             return (eqx.apply_updates(tr_, updates), st_), loss
 
         (tr, opt_state), losses = jax.lax.scan(
             step, (tr, opt_state), (order, jax.random.split(k_steps, steps)))
         return tr, opt_state, jnp.mean(losses)
+
+    def metrics_of(tr, arrays, batch, k):
+        frozen_, static_ = eqx.combine(arrays, const_rest)
+        out = metrics_fn(eqx.combine(tr, frozen_), static_, batch, k)
+        return {name: jnp.asarray(out[name], jnp.float32).reshape(()) for name in metric_names}
 
     def val_loss(tr, arrays, val_data, k):
         # Mean of equal-sized chunk losses, one scan: a single forward trace to compile.
@@ -453,25 +519,42 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
             val_data)
 
         def body(total, b):
-            return total + loss_of(tr, arrays, shard(b), k), None
+            b = shard(b)
+            now = (loss_of(tr, arrays, b, k),
+                   metrics_of(tr, arrays, b, k) if metric_names else {})
+            return jax.tree_util.tree_map(jnp.add, total, now), None
 
-        total, _ = jax.lax.scan(body, jnp.zeros(()), chunks)
-        return total / val_chunks
+        zero = (jnp.zeros(()), {name: jnp.zeros(()) for name in metric_names})
+        total, _ = jax.lax.scan(body, zero, chunks)
+        return jax.tree_util.tree_map(lambda t: t / val_chunks, total)
 
     def epoch_fn(state, arrays, train_data, val_data, epoch):
-        tr, opt_state, best, best_val = state
+        tr, opt_state, best, best_val, (waited, lr_scale) = state
         k_epoch = jax.random.fold_in(jax.random.fold_in(key, 1), epoch)
         k_train, k_val = jax.random.split(k_epoch)
-        tr, opt_state, t_loss = train_epoch(tr, opt_state, arrays, train_data, k_train)
+        tr, opt_state, t_loss = train_epoch(tr, opt_state, arrays, train_data, k_train, lr_scale)
         if val_data is None:
             v_loss = jnp.asarray(jnp.nan, t_loss.dtype)
             improved = jnp.isfinite(t_loss)
         else:
-            v_loss = val_loss(tr, arrays, val_data, k_val)
-            improved = jnp.isfinite(v_loss) & (v_loss < best_val - min_delta)
+            v_loss, v_metrics = val_loss(tr, arrays, val_data, k_val)
+            watched = v_loss if monitor == "val_loss" else v_metrics[monitor[4:]]
+            watched = -watched if monitor_mode == "max" else watched
+            improved = jnp.isfinite(watched) & (watched < best_val - min_delta)
         best = jax.tree_util.tree_map(lambda b, p: jnp.where(improved, p, b), best, tr)
-        best_val = jnp.where(improved, jnp.nan_to_num(v_loss, nan=jnp.inf), best_val)
-        return (tr, opt_state, best, best_val), jnp.stack([t_loss, v_loss, improved])
+        if val_data is None:
+            best_val = jnp.where(improved, jnp.nan_to_num(v_loss, nan=jnp.inf), best_val)
+            metric_values = [jnp.asarray(jnp.nan, t_loss.dtype)] * len(metric_names)
+        else:
+            best_val = jnp.where(improved, watched, best_val)
+            metric_values = [v_metrics[name].astype(t_loss.dtype) for name in metric_names]
+        out = jnp.stack([t_loss, v_loss, improved, lr_scale, *metric_values])
+        if plateau:  # reduce on plateau: scale the steps down after `plateau_patience` flat epochs
+            waited = jnp.where(improved, 0, waited + 1)
+            cut = waited >= plateau_patience
+            lr_scale = jnp.where(cut, lr_scale * plateau_factor, lr_scale)
+            waited = jnp.where(cut, 0, waited)
+        return (tr, opt_state, best, best_val, (waited, lr_scale)), out
 
     donate = (0,) if jax.default_backend() != "cpu" else ()
     epoch_jit = jax.jit(epoch_fn, donate_argnums=donate)
@@ -479,24 +562,29 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     trainable = put(trainable)
     # One compiled call builds the optimiser state and a separate copy for the best params.
     state = jax.jit(lambda tr: (tr, optimizer.init(tr), jax.tree_util.tree_map(lambda a: a + 0, tr),
-                                jnp.asarray(jnp.inf, jnp.float32)))(trainable)
+                                jnp.asarray(jnp.inf, jnp.float32),
+                                (jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32))))(trainable)
     state = put(state)
     const_arrays = put(const_arrays)
     train = put(train)
     val = put(val) if val is not None else None
 
     history = History(num_train=int(n_train), num_val=int(n_val), batch_size=batch_size,
-                      steps_per_epoch=int(steps), num_devices=num_devices)
+                      steps_per_epoch=int(steps), num_devices=num_devices,
+                      monitor=monitor if val is not None else "train_loss")
     bar = _progress_bar(max_epochs, desc, progress)
     since_best = 0
     stop = STOP_MAX_EPOCHS
     try:
         for epoch in range(max_epochs):
             state, out = epoch_jit(state, const_arrays, train, val, jnp.asarray(epoch, jnp.int32))
-            t_loss, v_loss, improved = (float(v) for v in np.asarray(out))  # one transfer
+            t_loss, v_loss, improved, lr_scale, *m_vals = (float(v) for v in np.asarray(out))  # one transfer
             history.train_loss.append(t_loss)
+            history.lr_scale.append(lr_scale)
             if val is not None:
                 history.val_loss.append(v_loss)
+                for name, value in zip(metric_names, m_vals):
+                    history.val_metrics.setdefault(name, []).append(value)
             history.epoch_time.append(time.perf_counter() - start)
             history.epochs = epoch + 1
             if improved:
@@ -517,6 +605,13 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
             if val is not None and patience is not None and since_best >= patience:
                 stop = STOP_PATIENCE
                 break
+            if callbacks:
+                logs = {"loss": t_loss, "val_loss": v_loss,
+                        **{f"val_{k}": v for k, v in zip(metric_names, m_vals)}}
+                params_now = eqx.combine(state[0], frozen)
+                if any([bool(cb(epoch, logs, params_now)) for cb in callbacks]):
+                    stop = STOP_CALLBACK
+                    break
     except KeyboardInterrupt:
         stop = STOP_INTERRUPTED
     finally:

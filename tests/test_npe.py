@@ -31,8 +31,12 @@ def analytic(x_obs, sigma=SIGMA):
 
 @pytest.fixture(scope="module")
 def gl2():
-    prior, bank = gaussian_linear(2, 4000)
-    post = NPE().fit(bank, prior=prior, key=jax.random.key(1), progress=False)
+    # An affine MAF is the right family for a Gaussian posterior; the spline flow ("nsf",
+    # the default, tuned on two-moons) needs more data to be this close (measured: mean
+    # error up to 0.1 sd, sd up to 12 % off at 10k).
+    prior, bank = gaussian_linear(2, 10000)
+    post = NPE(density_estimator="maf").fit(bank, prior=prior, key=jax.random.key(1),
+                                            progress=False)
     return prior, post
 
 
@@ -84,7 +88,7 @@ def box():
     theta = np.asarray(prior.sample(jax.random.key(0), 3000))
     x = theta + 0.3 * np.random.default_rng(0).normal(size=theta.shape)
     bank = bmsbi.Bank(theta, x.astype(np.float32), names=prior.names)
-    post = NPE(density_estimator="maf", hidden=32, num_layers=3, max_epochs=30).fit(
+    post = NPE(hidden=16, num_layers=3, max_epochs=30).fit(
         bank, prior=prior, key=jax.random.key(3), progress=False)
     return prior, post
 
@@ -124,7 +128,8 @@ def test_bank_with_nan_rows_is_refused():
     x = bank.x.copy()
     x[[3, 10, 50]] = np.nan
     with pytest.raises(ValueError, match=r"bank: 3 of 100 rows"):
-        NPE(max_epochs=1).fit(bmsbi.Bank(bank.theta, x), prior=prior, key=jax.random.key(0),
+        NPE(max_epochs=1).fit(bmsbi.Bank(bank.theta, x, names=prior.names), prior=prior,
+                              key=jax.random.key(0),
                               progress=False)
 
 
@@ -168,9 +173,11 @@ def test_bad_estimator_arguments():
 @pytest.mark.parametrize("make", [
     lambda k: MLPEmbedding((30, 2), out_dim=4, hidden=(16,), key=k),
     lambda k: CNN1DEmbedding((30, 2), out_dim=4, channels=(4, 8), key=k),
-    lambda k: GRUEmbedding((30, 2), out_dim=4, hidden_size=8, key=k),
-    lambda k: DeepSetEmbedding((30, 2), out_dim=4, hidden=(8, 8), key=k),
-])
+    pytest.param(lambda k: GRUEmbedding((30, 2), out_dim=4, hidden_size=8, key=k),
+                 marks=pytest.mark.slow),
+    pytest.param(lambda k: DeepSetEmbedding((30, 2), out_dim=4, hidden=(8, 8), key=k),
+                 marks=pytest.mark.slow),
+], ids=["mlp", "cnn1d", "gru", "deepset"])
 def test_embeddings_train_jointly(make):
     # theta sets the mean of 30 noisy 2-channel steps; the embedding must learn it.
     prior = bmsbi.Prior.uniform([-1.0], [1.0], names=["mu"])
@@ -178,7 +185,7 @@ def test_embeddings_train_jointly(make):
     x = theta[:, :, None] + 0.3 * np.random.default_rng(0).normal(size=(1000, 30, 2))
     net = make(jax.random.key(1))
     post = NPE(density_estimator="maf", hidden=16, num_layers=2, embedding=net,
-               max_epochs=15, learning_rate=3e-3).fit(
+               max_epochs=30, batch_size=64, learning_rate=3e-3).fit(
         bmsbi.Bank(theta, x.astype(np.float32), names=["mu"]), prior=prior,
         key=jax.random.key(2), progress=False)
     x_obs = (0.5 + 0.3 * np.random.default_rng(9).normal(size=(30, 2))).astype(np.float32)
@@ -187,7 +194,8 @@ def test_embeddings_train_jointly(make):
     assert abs(s.mean() - 0.5) < 0.25
     with pytest.raises(ValueError, match="in_shape"):
         NPE(embedding=make(jax.random.key(1))).fit(
-            bmsbi.Bank(theta, x[:, :20].astype(np.float32)), prior=prior, key=jax.random.key(0),
+            bmsbi.Bank(theta, x[:, :20].astype(np.float32), names=["mu"]), prior=prior,
+            key=jax.random.key(0),
             progress=False)
 
 
@@ -196,7 +204,8 @@ def test_gaussian_linear_10d_at_10k():
     from bmsbi.diagnostics import c2st
 
     prior, bank = gaussian_linear(10, 10000, seed=11)
-    post = NPE().fit(bank, prior=prior, key=jax.random.key(0), progress=False)
+    post = NPE(density_estimator="maf").fit(bank, prior=prior, key=jax.random.key(0),
+                                            progress=False)
     rng = np.random.default_rng(5)
     for i in range(3):
         x_obs = (rng.normal(size=10) * np.sqrt(1 + SIGMA**2)).astype(np.float32)
