@@ -12,9 +12,10 @@ from . import engine, summaries, embeddings, diagnostics, plotting
 from .posterior import Posterior, DirectPosterior, load_posterior
 from .estimators import NPE, NLE, NRE, MCMCPosterior
 from .trainer import Trainer, TrainingHistory, EarlyStopping, ModelCheckpoint
+from . import discovery  # registers the discovery benchmark datasets
 from . import tasks  # registers the evidence-integration task in brainmass.datasets
 
 __all__ = ["Prior", "Bank", "simulate_bank", "simulate_at", "NPE", "NLE", "NRE", "Posterior", "DirectPosterior",
-           "MCMCPosterior", "load_posterior", "Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint", "tasks",
+           "MCMCPosterior", "load_posterior", "Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint", "tasks", "discovery",
            "engine", "summaries", "embeddings", "diagnostics", "plotting",
            "__version__"]
