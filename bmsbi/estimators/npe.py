@@ -53,9 +53,9 @@ def build_flow(density_estimator: str, dim: int, cond_dim: int | None, *, hidden
                num_layers: int, num_bins: int, tail_bound: float, nn_depth: int, key):
     """Conditional flowjax flow over ``R^dim`` with a standard-normal base.
 
-    ``"nsf"``: :class:`SplineCouplingStack` — rational-quadratic spline coupling layers
-    on ``[-tail_bound, tail_bound]`` (identity outside) with a permutation before each
-    layer; one pass both ways. ``"maf"``: flowjax's masked autoregressive affine flow.
+    ``"nsf"``: :class:`SplineCouplingStack` — a conditional affine map, then
+    rational-quadratic spline coupling layers on ``[-tail_bound, tail_bound]``
+    (identity outside) with a permutation before each layer; one pass both ways. ``"maf"``: flowjax's masked autoregressive affine flow.
     ``"maf_rqs"``: flowjax's masked autoregressive spline flow (``dim`` passes to sample).
     """
     base = StandardNormal((dim,))
@@ -138,12 +138,14 @@ def _uniform_init(rng, fan_in, shape):
 class SplineCouplingStack(AbstractBijection):
     """``num_layers`` rational-quadratic spline coupling layers, scanned (a flowjax bijection).
 
-    Layer ``l`` permutes its input, keeps the first ``dim // 2`` coordinates and moves
-    the rest through monotone splines whose knots an MLP computes from the kept
-    coordinates and the condition. The last MLP layer starts at zero, so an untrained
-    stack is the identity. ``inverse_and_log_det`` (data → base, used by ``log_prob``)
-    evaluates the splines forwards; ``transform_and_log_det`` (base → data, used by
-    ``sample``) inverts them analytically; both are one pass.
+    On the data side a conditional elementwise affine map (location and scale from a
+    one-hidden-layer MLP of the condition) takes the shift and spread of the posterior;
+    then layer ``l`` permutes its input, keeps the first ``dim // 2`` coordinates and
+    moves the rest through monotone splines whose knots an MLP computes from the kept
+    coordinates and the condition. Every last MLP layer starts at zero, so an
+    untrained stack is the identity. ``inverse_and_log_det`` (data → base, used by
+    ``log_prob``) evaluates the splines forwards; ``transform_and_log_det`` (base →
+    data, used by ``sample``) inverts them analytically; both are one pass.
 
     Weights are drawn with NumPy from ``key`` (no XLA compilation at construction).
 
@@ -267,8 +269,12 @@ class NPE:
     """Neural posterior estimation with a conditional normalizing flow.
 
     The defaults were chosen by measurement on the sbibm two-moons task at 10,000
-    simulations (C2ST ≈ 0.53 against the exact posterior in about 14 CPU-seconds
-    on 2 cores, compilation included; sbi 0.27's NPE: C2ST ≈ 0.53 in about 140 s).
+    simulations: C2ST 0.536 against the exact posterior (3 banks x 3 observations,
+    0.526-0.548) in 12-19 CPU-seconds on a shared 2-core machine, compilation included
+    (sbi 0.27's NPE: C2ST ≈ 0.53 in about 140 s). For near-Gaussian posteriors the
+    affine ``"maf"`` generalises better from few simulations (Gaussian-linear, 2-D, 10k
+    simulations: mean error < 0.09 posterior sd and sd within 6 %, against 0.10 and
+    12 % for ``"nsf"``).
 
     Parameters
     ----------
@@ -297,9 +303,8 @@ class NPE:
         ``structured``.
     learning_rate : float, default 2e-3
         Peak Adam learning rate.
-    schedule : None, "cosine", "warmup_cosine", "onecycle" or callable, default "cosine"
-        Learning-rate schedule over all ``max_epochs`` (see
-        :func:`bmsbi.engine.make_optimizer`).
+    schedule : None, "cosine", "warmup_cosine", "onecycle", "plateau" or callable, default "cosine"
+        Learning-rate schedule over all ``max_epochs`` (see :func:`bmsbi.engine.fit`).
     batch_size : int, default 256
     max_epochs : int or None, default None
         ``None`` sizes the run to about 5,000 optimiser steps (at least 30, at most
