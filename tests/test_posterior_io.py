@@ -192,11 +192,11 @@ def test_posterior_with_embedding_round_trips(tmp_path):
     prior = bmsbi.Prior.uniform([-1.0], [1.0], names=["mu"])
     theta = np.asarray(prior.sample(jax.random.key(0), 300))
     x = (theta[:, :, None] + 0.3 * np.random.default_rng(0).normal(size=(300, 16, 1))).astype(np.float32)
-    net = CNN1DEmbedding((16, 1), out_dim=2, channels=(4,), key=jax.random.key(1))
+    net = MLPEmbedding((16, 1), out_dim=2, hidden=(8,), key=jax.random.key(1))
     post = NPE(density_estimator="maf", hidden=8, num_layers=1, embedding=net, max_epochs=2).fit(
         bmsbi.Bank(theta, x, names=["mu"]), prior=prior, key=jax.random.key(2), progress=False)
     path = post.save(tmp_path / "e.bmsbi")
     again = load_posterior(path)
-    assert again.config["embedding"]["type"] == "CNN1DEmbedding"
+    assert again.config["embedding"]["type"] == "MLPEmbedding"
     np.testing.assert_array_equal(np.asarray(again.sample(jax.random.key(3), x[0], 20)),
                                   np.asarray(post.sample(jax.random.key(3), x[0], 20)))

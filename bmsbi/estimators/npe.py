@@ -166,6 +166,7 @@ class SplineCouplingStack(AbstractBijection):
     weights: list                  # [(L, in, out), ...]
     biases: list                   # [(L, out), ...]
     affine: list                   # [(W, b), ...]: condition -> (loc, scale) of the data side
+    affine_linear: jax.Array       # (cond_dim, 2 dim): linear skip of that map
 
     def __init__(self, dim: int, cond_dim: int | None, *, num_layers: int = 5, hidden: int = 64,
                  depth: int = 2, num_bins: int = 8, tail_bound: float = 4.0, key):
@@ -201,13 +202,16 @@ class SplineCouplingStack(AbstractBijection):
             self.affine.append((jnp.zeros_like(w), jnp.zeros_like(bias)) if last else (w, bias))
         if not cond_dim:
             self.affine = [(jnp.zeros((0, 2 * dim)), jnp.zeros(2 * dim))]
+        self.affine_linear = jnp.zeros((cond_dim or 0, 2 * dim))
 
     def _loc_scale(self, condition):
-        h = jnp.zeros(0) if condition is None or not self.affine[0][0].shape[0] else condition
+        c = jnp.zeros(0) if condition is None or not self.affine[0][0].shape[0] else condition
+        h = c
         for i, (w, b) in enumerate(self.affine):
             h = h @ w + b
             if i < len(self.affine) - 1:
                 h = jax.nn.relu(h)
+        h = h + c @ self.affine_linear
         loc, raw = h[: self.shape[0]], h[self.shape[0]:]
         return loc, _MIN_DERIVATIVE + jax.nn.softplus(raw + _DERIVATIVE_SHIFT)
 
