@@ -497,22 +497,27 @@ class DirectPosterior(Posterior):
         if not isinstance(config, dict) or config.get("estimator") != "NPE":
             raise ValueError("path: the file's estimator config is not an NPE config")
         skeleton = model_from_config(config, prior.dim, x_shape)
-        try:
-            model = eqx.tree_deserialise_leaves(_stdio.BytesIO(payload), skeleton)
-        except Exception as err:  # shape/structure mismatch: the file does not fit its config
-            raise ValueError(f"path: the weights do not match the stored config ({err})") from None
-        raw = header.get("stats") or {}
-        shapes = {"theta_mean": (prior.dim,), "theta_std": (prior.dim,), "x_mean": x_shape,
-                  "x_std": x_shape}
-        stats = {}
-        for k, shape in shapes.items():
-            arr = np.asarray(raw.get(k, []), dtype=np.float32)
-            if arr.size != math.prod(shape):
-                raise ValueError(f"path: normalisation statistic {k!r} has {arr.size} values, "
-                                 f"expected {math.prod(shape)}")
-            stats[k] = arr.reshape(shape)
+        model, stats = read_weights_and_stats(header, payload, skeleton, prior.dim, x_shape)
         return cls(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
                    history=history, training=header.get("training"))
+
+
+def read_weights_and_stats(header: dict, payload: bytes, skeleton, dim: int, x_shape: tuple):
+    """Weights read into ``skeleton`` and the z-scoring statistics of a posterior file."""
+    try:
+        model = eqx.tree_deserialise_leaves(_stdio.BytesIO(payload), skeleton)
+    except Exception as err:  # shape/structure mismatch: the file does not fit its config
+        raise ValueError(f"path: the weights do not match the stored config ({err})") from None
+    raw = header.get("stats") or {}
+    shapes = {"theta_mean": (dim,), "theta_std": (dim,), "x_mean": x_shape, "x_std": x_shape}
+    stats = {}
+    for k, shape in shapes.items():
+        arr = np.asarray(raw.get(k, []), dtype=np.float32)
+        if arr.size != math.prod(shape):
+            raise ValueError(f"path: normalisation statistic {k!r} has {arr.size} values, "
+                             f"expected {math.prod(shape)}")
+        stats[k] = arr.reshape(shape)
+    return model, stats
 
 
 _POSTERIOR_TYPES: dict[str, type] = {"DirectPosterior": DirectPosterior}

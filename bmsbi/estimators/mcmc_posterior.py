@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io as _stdio
-import math
 
 import equinox as eqx
 import jax
@@ -12,7 +11,7 @@ import numpy as np
 import paramax
 
 from ..mcmc import nuts_sample
-from ..posterior import Posterior, register_posterior
+from ..posterior import Posterior, read_weights_and_stats, register_posterior
 
 __all__ = ["MCMCPosterior", "UnnormalisedEstimator", "fit_unnormalised"]
 
@@ -80,20 +79,7 @@ class MCMCPosterior(Posterior):
             raise ValueError("path: the file's estimator config is not an NLE or NRE config")
         x_shape = tuple(header["x_shape"])
         skeleton = builders[config["estimator"]](config, prior.dim, x_shape)
-        try:
-            model = eqx.tree_deserialise_leaves(_stdio.BytesIO(payload), skeleton)
-        except Exception as err:
-            raise ValueError(f"path: the weights do not match the stored config ({err})") from None
-        raw = header.get("stats") or {}
-        shapes = {"theta_mean": (prior.dim,), "theta_std": (prior.dim,), "x_mean": x_shape,
-                  "x_std": x_shape}
-        stats = {}
-        for k, shape in shapes.items():
-            arr = np.asarray(raw.get(k, []), dtype=np.float32)
-            if arr.size != math.prod(shape):
-                raise ValueError(f"path: normalisation statistic {k!r} has {arr.size} values, "
-                                 f"expected {math.prod(shape)}")
-            stats[k] = arr.reshape(shape)
+        model, stats = read_weights_and_stats(header, payload, skeleton, prior.dim, x_shape)
         return cls(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
                    history=history, training=header.get("training"), mcmc=header.get("mcmc"))
 
