@@ -540,6 +540,12 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         bar = tqdm(total=len(mine) and min(n, len(mine) * cs), unit="sim", desc="simulate_bank",
                    dynamic_ncols=True)
     results, n_invalid, t0 = {}, 0, time.perf_counter()
+    if folder is not None:
+        # A run killed while writing leaves its temporary file; only this process writes
+        # these chunks, so their leftovers are safe to remove.
+        for c in mine:
+            for stale in folder.glob(f".{_chunk_path(folder, c).name}.*.tmp"):
+                stale.unlink(missing_ok=True)
     try:
         for c in mine:
             count = min(cs, n - c * cs)
