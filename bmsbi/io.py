@@ -21,7 +21,7 @@ Examples
 >>> from bmsbi import io
 >>> payload, index = io.pack_arrays({"a": np.arange(3.0)})
 >>> path = os.path.join(tempfile.mkdtemp(), "f.bmsbi")
->>> io.write_file(path, kind="demo", schema_version=1, header={"index": index}, payload=payload)
+>>> _ = io.write_file(path, kind="demo", schema_version=1, header={"index": index}, payload=payload)
 >>> header, data = io.read_file(path, kind="demo", schema_version=1)
 >>> io.unpack_arrays(data, header["index"])["a"]
 array([0., 1., 2.])
