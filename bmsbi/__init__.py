@@ -8,14 +8,14 @@ __version__ = "0.1.0"
 
 from .prior import Prior
 from .bank import Bank, simulate_bank, simulate_at
-from . import engine, summaries, embeddings, diagnostics, plotting
-from .posterior import Posterior, DirectPosterior, load_posterior
+from . import engine, summaries, embeddings, diagnostics, plotting, ood
+from .posterior import Posterior, DirectPosterior, Inference, OutOfDistributionWarning, load_posterior
 from .estimators import NPE, NLE, NRE, MCMCPosterior
 from .trainer import Trainer, TrainingHistory, EarlyStopping, ModelCheckpoint
 from . import discovery  # registers the discovery benchmark datasets
 from . import tasks  # registers the evidence-integration task in brainmass.datasets
 
 __all__ = ["Prior", "Bank", "simulate_bank", "simulate_at", "NPE", "NLE", "NRE", "Posterior", "DirectPosterior",
-           "MCMCPosterior", "load_posterior", "Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint", "tasks", "discovery",
-           "engine", "summaries", "embeddings", "diagnostics", "plotting",
+           "MCMCPosterior", "Inference", "OutOfDistributionWarning", "load_posterior", "Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint", "tasks", "discovery",
+           "engine", "summaries", "embeddings", "diagnostics", "plotting", "ood",
            "__version__"]

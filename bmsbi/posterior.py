@@ -23,6 +23,7 @@ is executed.
 
 from __future__ import annotations
 
+import dataclasses
 import io as _stdio
 import math
 import os
@@ -39,10 +40,13 @@ from ._checks import as_key
 from .engine import History
 from .prior import Prior, as_prior
 
-__all__ = ["Posterior", "DirectPosterior", "load_posterior", "register_posterior",
+__all__ = ["Posterior", "DirectPosterior", "Inference", "OutOfDistributionWarning", "load_posterior",
+           "register_posterior",
            "check_bank_prior", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+# 2: optional summary pipeline, recording shape and out-of-distribution reference
+#    (arrays appended to the payload); version-1 files still load.
+SCHEMA_VERSION = 2
 _KIND = "posterior"
 # Samples processed together per observation chunk when sampling many observations.
 _SAMPLES_PER_CHUNK = 1 << 18
@@ -121,7 +125,43 @@ class Posterior:
         self.config = dict(config)
         self.history = history
         self.training = dict(training or {})
+        self.summary = None
+        self.recording_shape = None
+        self.ood = None
         self._jit = {}
+
+    def _attach_data(self, x, *, summary=None, recording_shape=None, meta=None, seed: int = 0):
+        """Record how observations are made and an out-of-distribution reference.
+
+        Called by every estimator's ``fit`` with the training ``x``. ``summary`` (a
+        :class:`bmsbi.summaries.Summary`, or ``None`` to take ``meta["summary"]``, the
+        entry :meth:`simulators.Task.bank` writes) turns a raw recording into one
+        observation; ``recording_shape`` is the ``(time, regions)`` it was built for.
+        """
+        from . import summaries
+        from .ood import OODReference
+
+        meta = dict(meta or {})
+        if summary is None and isinstance(meta.get("summary"), dict):
+            summary = summaries.from_dict(meta["summary"])
+        if summary is not None and not isinstance(summary, summaries.Summary):
+            raise ValueError(f"summary: expected a bmsbi.summaries.Summary, got {type(summary).__name__}")
+        if recording_shape is None and meta.get("recording_shape") is not None:
+            recording_shape = meta["recording_shape"]
+        if recording_shape is not None:
+            recording_shape = tuple(int(v) for v in recording_shape)
+            if len(recording_shape) != 2 or min(recording_shape) < 1:
+                raise ValueError(f"recording_shape: expected (time, regions), got {recording_shape}")
+            if summary is not None:
+                size = summary.output_size(*recording_shape)
+                if size != math.prod(self.x_shape):
+                    raise ValueError(
+                        f"summary: gives {size} features for recordings {recording_shape}, but the "
+                        f"bank's x has shape {self.x_shape}")
+        self.summary, self.recording_shape = summary, recording_shape
+        x = np.asarray(x)
+        self.ood = OODReference.fit(x, seed=seed) if len(x) >= 100 else None
+        return self
 
     # -------------------------------------------------------------- subclass hooks
     def _params(self):
@@ -208,19 +248,174 @@ class Posterior:
         """
         key = as_key(key)
         num_samples = _as_int(num_samples, "num_samples")
-        x, batched = self._check_x(x_obs)
+        x, batched = self._observations(x_obs, warn_ood=True)
         out = self._compiled("sample")(self._params(), key, jnp.asarray(x), num_samples)
         return out if batched else out[0]
 
+    # ------------------------------------------------------ recordings and OOD
+    def _is_observation_shape(self, shape) -> bool:
+        n = len(self.x_shape)
+        return tuple(shape) == self.x_shape or (len(shape) == n + 1 and tuple(shape[1:]) == self.x_shape)
+
+    def summarize(self, recordings, arg="recordings"):
+        """Observations from raw recordings through the stored summary pipeline.
+
+        Parameters
+        ----------
+        recordings : array ``(time, regions)``, ``(time,)`` (one region) or ``(m, time, regions)``
+
+        Returns
+        -------
+        (x, batched) : ``x`` of shape ``(m, *x_shape)`` (numpy float32, possibly
+            non-finite) and whether the input was a batch.
+
+        Raises
+        ------
+        ValueError
+            No summary pipeline is stored, or the recordings' shape does not give this
+            posterior's observation shape.
+        """
+        if self.summary is None:
+            raise ValueError(
+                f"{arg}: this posterior has no stored summary pipeline, so it takes observations of "
+                f"shape {self.x_shape} (or a batch of them); train with NPE().fit(bank, ..., "
+                "summary=stat) or on a bank from simulators.Task.bank to accept raw recordings")
+        try:
+            r = np.asarray(recordings, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{arg}: expected a numeric array, got {type(recordings).__name__}") from err
+        batched = r.ndim == 3
+        if r.ndim == 1:
+            r = r[:, None]
+        if r.ndim == 2:
+            r = r[None]
+        expected = ("(time, regions)" if self.recording_shape is None
+                    else f"{self.recording_shape} (time, regions)")
+        if r.ndim != 3 or r.shape[0] == 0:
+            raise ValueError(f"{arg}: expected one recording {expected} or a batch (m, time, regions), "
+                             f"got shape {np.shape(recordings)}")
+        if self.recording_shape is not None and r.shape[2] != self.recording_shape[1]:
+            raise ValueError(f"{arg}: expected recordings with {self.recording_shape[1]} regions "
+                             f"(shape {expected}), got shape {np.shape(recordings)}")
+        try:
+            size = self.summary.output_size(r.shape[1], r.shape[2])
+        except ValueError as err:
+            raise ValueError(f"{arg}: recordings of shape {r.shape[1:]} do not fit the stored summary "
+                             f"({err})") from None
+        if size != math.prod(self.x_shape):
+            raise ValueError(f"{arg}: recordings of shape {r.shape[1:]} give {size} features, the posterior "
+                             f"was trained on {self.x_shape}; expected recordings {expected}")
+        x = np.asarray(self.summary.batch(r), np.float32).reshape((len(r),) + self.x_shape)
+        return x, batched
+
+    def _observations(self, data, *, warn_ood: bool, arg="x_obs"):
+        """Checked observations from observations or (with a summary) raw recordings."""
+        shape = np.shape(data)
+        if self.summary is None or self._is_observation_shape(shape):
+            return self._check_x(data, arg)
+        x, batched = self.summarize(data, arg)
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{arg}: the summaries of {int(bad.sum())} of {len(x)} recordings hold NaN "
+                             "or inf (flat or non-finite signal?); posterior.infer flags them instead")
+        if warn_ood and self.ood is not None:
+            flagged = self.ood.flag(x)
+            if flagged.any():
+                warnings.warn(_ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=3)
+        return x, batched
+
+    def ood_score(self, x_obs):
+        """Out-of-distribution score of observations or raw recordings (see :mod:`bmsbi.ood`).
+
+        Returns the k-nearest-neighbour distance to the training summaries over its
+        calibrated threshold: above 1 means unlike the simulations (a scalar for one
+        observation, ``(m,)`` for a batch).
+
+        Raises
+        ------
+        ValueError
+            The posterior has no reference (trained on fewer than 100 simulations) or
+            the input has the wrong shape.
+        """
+        if self.ood is None:
+            raise ValueError("x_obs: this posterior has no out-of-distribution reference (it needs a "
+                             "training bank of at least 100 simulations)")
+        x, batched = self._raw_observations(x_obs)
+        s = self.ood.score(x)
+        return s if batched else s[0]
+
+    def _raw_observations(self, data, arg="x_obs"):
+        """Observations (unchecked for finiteness) from observations or raw recordings."""
+        if self.summary is None or self._is_observation_shape(np.shape(data)):
+            try:
+                x = np.asarray(data, dtype=np.float32)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{arg}: expected a numeric array, got {type(data).__name__}") from err
+            if x.shape == self.x_shape:
+                return x[None], False
+            if self._is_observation_shape(x.shape) and len(x) > 0:
+                return x, True
+            raise ValueError(f"{arg}: expected shape {self.x_shape} (one observation) or (m, "
+                             f"{', '.join(map(str, self.x_shape))}) (a batch), got {x.shape}")
+        return self.summarize(data, arg)
+
+    def infer(self, key, recordings, num_samples: int = 1000) -> "Inference":
+        """Amortized inference on new recordings, each with an out-of-distribution flag.
+
+        Parameters
+        ----------
+        key : jax.random.key
+        recordings : array
+            Raw recordings ``(time, regions)`` / ``(m, time, regions)`` when the posterior
+            stores a summary pipeline, else observations ``x_shape`` / ``(m, *x_shape)``.
+        num_samples : int
+
+        Returns
+        -------
+        Inference
+            Samples ``(m, num_samples, d)`` (NaN rows for recordings whose summaries are
+            not finite), the observations, OOD scores, p-values and flags. A warning
+            names the flagged recordings: their posteriors extrapolate beyond anything
+            simulated and should not be trusted.
+
+        Examples
+        --------
+        >>> res = post.infer(jax.random.key(0), recordings, 1000)  # doctest: +SKIP
+        >>> res.samples.shape, res.flagged                              # doctest: +SKIP
+        ((3, 1000, 4), array([False, False,  True]))
+        """
+        key = as_key(key)
+        num_samples = _as_int(num_samples, "num_samples")
+        x, _ = self._raw_observations(recordings, "recordings")
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if self.ood is not None:
+            score, pvalue = self.ood.score(x), self.ood.pvalue(x)
+        else:
+            score = np.where(finite, np.nan, np.inf)
+            pvalue = np.where(finite, np.nan, 0.0)
+        flagged = ~finite | (score > 1.0)
+        samples = np.full((len(x), num_samples, self.dim), np.nan, np.float32)
+        if finite.any():
+            got = self._compiled("sample")(self._params(), key, jnp.asarray(x[finite]), num_samples)
+            samples[finite] = np.asarray(got)
+        if flagged.any():
+            warnings.warn(_ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=2)
+        return Inference(samples=samples, x=x, ood_score=np.asarray(score, np.float64),
+                         ood_pvalue=np.asarray(pvalue, np.float64), flagged=flagged,
+                         names=self.names)
+
     def log_prob(self, theta, x_obs) -> jax.Array:
         """Posterior log density ``log q(theta | x_obs)``.
+
+        ``x_obs`` may also be raw recordings when the posterior stores a summary
+        pipeline (as in :meth:`sample`).
 
         Shapes: one observation with ``theta`` ``(d,)`` → scalar, ``(k, d)`` → ``(k,)``;
         a batch ``(m, *x_shape)`` with ``theta`` ``(m, k, d)`` (paired per observation)
         or ``(k, d)`` (the same points for every observation) → ``(m, k)``.
         ``theta`` outside the prior's support gives ``-inf`` (never NaN).
         """
-        x, batched = self._check_x(x_obs)
+        x, batched = self._observations(x_obs, warn_ood=False)
         th = np.asarray(theta, dtype=np.float32)
         d = self.dim
         if th.ndim == 0 or th.shape[-1] != d:
@@ -256,7 +451,7 @@ class Posterior:
         num_steps = _as_int(num_steps, "num_steps", minimum=0)
         if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
             raise ValueError(f"learning_rate: expected a positive float, got {learning_rate!r}")
-        x, batched = self._check_x(x_obs)
+        x, batched = self._observations(x_obs, warn_ood=False)
         out = self._compiled("map")(self._params(), key, jnp.asarray(x), num_samples, num_steps,
                                     float(learning_rate))
         return out if batched else out[0]
@@ -357,10 +552,13 @@ class Posterior:
         if simulator is not None and not callable(simulator):
             raise ValueError(f"simulator: expected a callable simulator(theta, key) -> x or None, "
                              f"got {type(simulator).__name__}")
-        x, batched = self._check_x(x_obs)
+        x, batched = self._observations(x_obs, warn_ood=True)
         if batched:
             raise ValueError(f"x_obs: to_arviz takes one observation of shape {self.x_shape}, got a "
                              f"batch {x.shape}; call it per observation")
+        if feature_names is None and self.summary is not None and self.recording_shape is not None \
+                and len(self.x_shape) == 1:
+            feature_names = self.summary.feature_names(self.recording_shape[1])
         x_dims, coords = _arviz_x_dims(self.x_shape, feature_names)
         k_post, k_prior, k_pred = jax.random.split(key, 3)
         draws = np.asarray(self.sample(k_post, x[0], total))                 # (total, d)
@@ -410,6 +608,13 @@ class Posterior:
                   "config": self.config, "training": _json_clean(self.training),
                   "history": None if self.history is None else self.history.to_dict(),
                   **entries}
+        ood_entries, arrays = (None, {}) if self.ood is None else self.ood.to_file()
+        extra, index = bio.pack_arrays(arrays)
+        header["data"] = {
+            "summary": None if self.summary is None else self.summary.to_dict(),
+            "recording_shape": None if self.recording_shape is None else list(self.recording_shape),
+            "ood": ood_entries, "arrays_offset": len(payload), "arrays_index": index}
+        payload = payload + extra
         return bio.write_file(path, kind=_KIND, schema_version=SCHEMA_VERSION, header=header,
                               payload=payload)
 
@@ -549,4 +754,83 @@ def load_posterior(path) -> Posterior:
                          "(import the module that registers it first)")
     prior = Prior.from_dict(header.get("prior"))
     history = None if header.get("history") is None else History.from_dict(header["history"])
-    return _POSTERIOR_TYPES[name]._from_file(header, payload, prior, history)
+    data = header.get("data")
+    if data is None:  # schema version 1: weights only
+        return _POSTERIOR_TYPES[name]._from_file(header, payload, prior, history)
+    try:
+        offset = int(data["arrays_offset"])
+        arrays = bio.unpack_arrays(payload[offset:], data["arrays_index"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"path: the file's data section is malformed ({err})") from None
+    post = _POSTERIOR_TYPES[name]._from_file(header, payload[:offset], prior, history)
+    from . import summaries
+    from .ood import OODReference
+
+    post.summary = None if data.get("summary") is None else summaries.from_dict(data["summary"])
+    shape = data.get("recording_shape")
+    post.recording_shape = None if shape is None else tuple(int(v) for v in shape)
+    post.ood = None if data.get("ood") is None else OODReference.from_file(data["ood"], arrays)
+    return post
+
+
+class OutOfDistributionWarning(UserWarning):
+    """An observation or recording lies outside the simulations the posterior was trained on."""
+
+
+def _ood_message(flagged, ood) -> str:
+    idx = np.flatnonzero(flagged)
+    shown = ", ".join(map(str, idx[:10])) + (" ..." if len(idx) > 10 else "")
+    rate = "" if ood is None else f" (false-alarm rate {ood.alpha:g} for simulated data)"
+    return (f"{len(idx)} of {len(flagged)} recordings are out of distribution [{shown}]: unlike every "
+            f"simulation the posterior was trained on{rate}; their posteriors extrapolate and should "
+            "not be trusted")
+
+
+@dataclasses.dataclass
+class Inference:
+    """Result of :meth:`Posterior.infer` for ``m`` recordings.
+
+    Attributes
+    ----------
+    samples : numpy array ``(m, num_samples, d)``
+        Posterior draws (NaN for recordings whose summaries are not finite).
+    x : numpy array ``(m, *x_shape)``
+        The observations (summaries) the posterior was conditioned on.
+    ood_score : numpy array ``(m,)``
+        Distance to the training summaries over its calibrated threshold; > 1 flagged.
+    ood_pvalue : numpy array ``(m,)``
+        Fraction of held-out simulations at least as unusual.
+    flagged : numpy bool array ``(m,)``
+        Out of distribution (or non-finite summaries).
+    names : tuple of str
+        Parameter names.
+    """
+
+    samples: np.ndarray
+    x: np.ndarray
+    ood_score: np.ndarray
+    ood_pvalue: np.ndarray
+    flagged: np.ndarray
+    names: tuple
+
+    def mean(self) -> np.ndarray:
+        """Posterior means ``(m, d)``."""
+        return self.samples.mean(axis=1)
+
+    def table(self) -> str:
+        """One line per recording: posterior mean ± sd per parameter, OOD score, flag."""
+        mean, sd = self.samples.mean(axis=1), self.samples.std(axis=1)
+        head = "recording  " + "  ".join(f"{n:>18s}" for n in self.names) + "  ood_score  flag"
+        lines = [head]
+        for i in range(len(self.samples)):
+            cells = "  ".join(f"{m:>9.4g} ± {s:<6.2g}" for m, s in zip(mean[i], sd[i]))
+            flag = "OUT OF DISTRIBUTION" if self.flagged[i] else ""
+            lines.append(f"{i:>9d}  {cells}  {self.ood_score[i]:>9.3g}  {flag}")
+        return "\n".join(lines)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __repr__(self):
+        return (f"Inference(recordings={len(self)}, samples={self.samples.shape}, "
+                f"flagged={int(self.flagged.sum())})")

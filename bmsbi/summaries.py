@@ -446,6 +446,30 @@ class Summary:
         self._check(*x.shape)
         return _compute_jit(self, x)
 
+    def batch(self, signals: Any) -> jax.Array:
+        """Summarise a batch ``(m, time, regions)`` (or ``(m, time)``) into ``(m, n_features)``.
+
+        One compiled, vmapped call per shape; the same numbers as calling the statistic
+        on each signal.
+
+        Example
+        -------
+        >>> import jax.numpy as jnp
+        >>> Moments(orders=(1, 2)).batch(jnp.ones((5, 100, 3))).shape
+        (5, 6)
+        """
+        owner = type(self).__name__
+        x = jnp.asarray(signals)
+        if x.ndim not in (2, 3) or x.shape[0] == 0:
+            raise ValueError(f"{owner}: signals: expected a batch (m, time) or (m, time, regions) with "
+                             f"m >= 1, got shape {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            x = x.astype(jnp.float32)
+        if x.ndim == 2:
+            x = x[:, :, None]
+        self._check(*x.shape[1:])
+        return _batch_jit(self, x)
+
     def output_size(self, n_time: int, n_regions: int = 1) -> int:
         """Length of the output for a ``(n_time, n_regions)`` signal.
 
@@ -491,6 +515,11 @@ def _compute_jit(stat: Summary, x: jax.Array) -> jax.Array:
     return jnp.ravel(stat._compute(x)).astype(jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_jit(stat: Summary, x: jax.Array) -> jax.Array:
+    return jax.vmap(lambda r: jnp.ravel(stat._compute(r)).astype(jnp.float32))(x)
+
+
 def _per_region(labels: Sequence[str], n_regions: int) -> list[str]:
     return [f"{label}[r{r}]" for label in labels for r in range(n_regions)]
 
@@ -511,6 +540,8 @@ class Moments(Summary):
     orders : sequence of int, default (1, 2, 3, 4)
         Distinct orders from {1, 2, 3, 4}, returned in the given order.
 
+    Notes
+    -----
     Output is ``(len(orders), regions)`` flattened, named ``mean[r0]``, ``std[r0]``,
     ``skewness[r0]``, ``kurtosis[r0]``.
 
@@ -564,6 +595,8 @@ class Autocorrelation(Summary):
         Distinct lags in samples, each ``>= 1``; the signal needs more than
         ``max(lags)`` samples.
 
+    Notes
+    -----
     Output is ``(len(lags), regions)`` flattened, named ``acf_lag1[r0]``, ...
 
     Example
@@ -615,6 +648,8 @@ class WelchPSD(Summary):
         Return ``log10(psd)`` (zero power stays finite, see module notes) instead of
         the density in ``units**2 / Hz``.
 
+    Notes
+    -----
     Output is ``(n_freqs, regions)`` flattened; ``freqs`` gives the kept
     frequencies and entries are named ``psd[10Hz,r0]``.
 
@@ -726,6 +761,8 @@ class BandPower(Summary):
     nperseg, noverlap, window, detrend
         Welch settings, as in :func:`welch`.
 
+    Notes
+    -----
     Output is ``(n_bands, regions)`` flattened, named ``bandpower_alpha[r0]``
     (``relbandpower_alpha[r0]`` when ``relative``).
 
@@ -814,6 +851,8 @@ class SpectralPeak(Summary):
     nperseg, noverlap, window, detrend
         Welch settings, as in :func:`welch`.
 
+    Notes
+    -----
     Output is ``[peak_freq[r0..], peak_power[r0..]]``, shape ``(2 * regions,)``.
 
     Example
@@ -915,6 +954,8 @@ class FCD(Summary):
     quantiles : sequence of float, default (0.1, 0.5, 0.9)
         Quantile levels in ``[0, 1]``.
 
+    Notes
+    -----
     Output is ``(2 + len(quantiles),)``, named ``fcd_mean``, ``fcd_std``,
     ``fcd_q0.1``, ... Needs at least 3 regions (with 2, each window has a single FC
     value and correlations between windows are undefined).

@@ -186,7 +186,9 @@ class Task:
     def bank(self, n: int, key, **kwargs) -> bmsbi.Bank:
         """Simulate ``n`` draws from the prior: ``bmsbi.simulate_bank(simulate, prior, n, key=key, **kwargs)``.
 
-        The bank's ``meta`` gains ``task`` and ``summary`` (the summary's ``to_dict``).
+        The bank's ``meta`` gains ``task``, ``summary`` (the summary's ``to_dict``),
+        ``recording_shape`` ``[n_time, n_regions]`` and ``fs``: a posterior trained on it
+        then accepts raw recordings (see :meth:`bmsbi.Posterior.infer`).
 
         Examples
         --------
@@ -196,7 +198,8 @@ class Task:
         (8, 3)
         """
         bank = bmsbi.simulate_bank(self.simulator, self.prior, n, key=key, **kwargs)
-        bank.meta.update(task=self.name, summary=self.summary.to_dict())
+        bank.meta.update(task=self.name, summary=self.summary.to_dict(),
+                         recording_shape=[self.n_time, self.n_regions], fs=self.fs)
         return bank
 
     def __repr__(self) -> str:

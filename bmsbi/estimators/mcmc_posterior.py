@@ -84,11 +84,13 @@ class MCMCPosterior(Posterior):
                    history=history, training=header.get("training"), mcmc=header.get("mcmc"))
 
 
-def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress):
+def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, summary=None,
+                     recording_shape=None):
     """Shared ``fit`` of NLE and NRE: standardise, train ``build_model(...)`` on ``loss``.
 
     ``build_model(key, dim, x_shape)`` returns a fresh model; ``loss(model, static,
-    (s_theta, x_std), key)`` its minibatch loss. Returns an :class:`MCMCPosterior`.
+    (s_theta, x_std), key)`` its minibatch loss. Returns an :class:`MCMCPosterior`;
+    ``summary``/``recording_shape`` as in :meth:`bmsbi.NPE.fit`.
     """
     from .. import engine
     from .._checks import as_key
@@ -112,8 +114,10 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress):
         weight_decay=t["weight_decay"], schedule=t["schedule"], progress=progress,
         desc=estimator.config()["estimator"])
     stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
-    return MCMCPosterior(model, prior=prior, x_shape=x_shape, stats=stats, config=estimator.config(),
+    post = MCMCPosterior(model, prior=prior, x_shape=x_shape, stats=stats, config=estimator.config(),
                          history=history, training=t, mcmc=estimator.mcmc_config())
+    return post._attach_data(x, summary=summary, recording_shape=recording_shape,
+                             meta=getattr(bank, "meta", None))
 
 
 class UnnormalisedEstimator:

@@ -106,11 +106,16 @@ class NLE(UnnormalisedEstimator):
                 "num_bins": int(self.num_bins), "tail_bound": float(self.tail_bound),
                 "nn_depth": int(self.nn_depth)}
 
-    def fit(self, bank, *, prior, key, progress: bool = True) -> MCMCPosterior:
-        """Train the likelihood flow on ``bank``; returns an :class:`MCMCPosterior`."""
+    def fit(self, bank, *, prior, key, progress: bool = True, summary=None,
+            recording_shape=None) -> MCMCPosterior:
+        """Train the likelihood flow on ``bank``; returns an :class:`MCMCPosterior`.
+
+        ``summary`` and ``recording_shape`` as in :meth:`bmsbi.NPE.fit`.
+        """
         config = self.config()
         return fit_unnormalised(self, bank, prior, key,
-                                lambda k, d, xs: _build(config, d, xs, k), _nll, progress)
+                                lambda k, d, xs: _build(config, d, xs, k), _nll, progress,
+                                summary=summary, recording_shape=recording_shape)
 
 
 def _build(config, dim, x_shape, key):

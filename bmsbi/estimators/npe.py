@@ -383,8 +383,17 @@ class NPE:
                 "validation_fraction": self.validation_fraction, "clip_norm": self.clip_norm,
                 "weight_decay": self.weight_decay, "schedule": self.schedule}
 
-    def fit(self, bank, *, prior, key, progress: bool = True) -> DirectPosterior:
+    def fit(self, bank, *, prior, key, progress: bool = True, summary=None,
+            recording_shape=None) -> DirectPosterior:
         """Train on ``bank`` (a :class:`bmsbi.Bank`) and return the amortized posterior.
+
+        ``summary`` (a :class:`bmsbi.summaries.Summary`) and ``recording_shape``
+        ``(time, regions)`` describe how the bank's ``x`` was computed from raw
+        recordings; a bank from :meth:`simulators.Task.bank` records both in its
+        ``meta``, which is used when they are not given. The posterior stores them, so
+        ``sample``/``infer`` accept raw recordings even after
+        :func:`bmsbi.load_posterior` in a new process. It also stores an
+        out-of-distribution reference built from the bank (:mod:`bmsbi.ood`).
 
         Raises
         ------
@@ -420,9 +429,11 @@ class NPE:
             weight_decay=self.weight_decay, schedule=self.schedule, progress=progress,
             desc="NPE")
         stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
-        return DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
+        post = DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
                                config=self.config(), history=history,
                                training=self.training_config())
+        return post._attach_data(x, summary=summary, recording_shape=recording_shape,
+                                 meta=getattr(bank, "meta", None))
 
     def epochs_for(self, num_simulations: int) -> int:
         """Epochs a fit on ``num_simulations`` rows runs at most (resolves ``max_epochs=None``)."""

@@ -89,15 +89,20 @@ class NRE(UnnormalisedEstimator):
         return {"estimator": "NRE", "hidden": int(self.hidden), "nn_depth": int(self.nn_depth),
                 "num_contrastive": int(self.num_contrastive)}
 
-    def fit(self, bank, *, prior, key, progress: bool = True) -> MCMCPosterior:
-        """Train the classifier on ``bank``; returns an :class:`MCMCPosterior`."""
+    def fit(self, bank, *, prior, key, progress: bool = True, summary=None,
+            recording_shape=None) -> MCMCPosterior:
+        """Train the classifier on ``bank``; returns an :class:`MCMCPosterior`.
+
+        ``summary`` and ``recording_shape`` as in :meth:`bmsbi.NPE.fit`.
+        """
         config = self.config()
 
         def loss(model, static, batch, key):
             return _bce(model, batch, key, config["num_contrastive"])
 
         return fit_unnormalised(self, bank, prior, key,
-                                lambda k, d, xs: _build(config, d, xs, k), loss, progress)
+                                lambda k, d, xs: _build(config, d, xs, k), loss, progress,
+                                summary=summary, recording_shape=recording_shape)
 
 
 def _build(config, dim, x_shape, key):
