@@ -24,7 +24,44 @@ import bmsbi
 from bmsbi._checks import as_key
 from bmsbi.summaries import Summary
 
-__all__ = ["Task", "white_noise_sigma", "as_float32", "add_measurement_noise"]
+__all__ = ["Task", "white_noise_sigma", "as_float32", "add_measurement_noise", "record",
+           "FS", "TRANSIENT_MS", "DURATION_MS", "N_TIME"]
+
+# The recording protocol every task shares: 0.5 s transient discarded, 4 s at 250 Hz.
+FS = 250.0  # Hz
+TRANSIENT_MS = 500.0
+DURATION_MS = 4000.0
+N_TIME = round(DURATION_MS * FS / 1000.0)
+
+
+def record(model, dt: float, monitors, *, unit_ms: float = 1.0):
+    """Run ``model`` through :class:`brainmass.Simulator` under the shared protocol.
+
+    Parameters
+    ----------
+    model : brainstate module
+        A brainmass node or network, built inside the caller's
+        ``brainstate.random.seed_context``.
+    dt : float
+        Integration step in model time units (``brainunit.ms``).
+    monitors : list of str or callable
+        Passed to :meth:`brainmass.Simulator.run`.
+    unit_ms : float
+        Physical milliseconds per model time unit (e.g. a membrane time constant for
+        models written in units of ``tau_m``).
+
+    Returns
+    -------
+    dict
+        The simulator's monitored arrays, transient dropped, sampled at :data:`FS`.
+    """
+    import brainmass
+    import brainunit as u
+
+    return brainmass.Simulator(model, dt=dt * u.ms).run(
+        (TRANSIENT_MS + DURATION_MS) / unit_ms * u.ms, monitors=monitors,
+        transient=TRANSIENT_MS / unit_ms * u.ms, sample_every=round(1000.0 / FS / unit_ms / dt),
+        jit=False)
 
 
 def white_noise_sigma(sigma, dt_ms: float):
@@ -187,8 +224,10 @@ class Task:
         """Simulate ``n`` draws from the prior: ``bmsbi.simulate_bank(simulate, prior, n, key=key, **kwargs)``.
 
         The bank's ``meta`` gains ``task``, ``summary`` (the summary's ``to_dict``),
-        ``recording_shape`` ``[n_time, n_regions]`` and ``fs``: a posterior trained on it
-        then accepts raw recordings (see :meth:`bmsbi.Posterior.infer`).
+        ``recording_shape`` ``[n_time, n_regions]``, ``fs`` and ``prior`` (its
+        ``to_dict``), also in a bank folder's manifest (``path=``): a posterior trained on
+        it then accepts raw recordings (see :meth:`bmsbi.Posterior.infer`), and
+        ``bmsbi train`` finds the task and prior.
 
         Examples
         --------
@@ -197,10 +236,10 @@ class Task:
         >>> bank.theta.shape
         (8, 3)
         """
-        bank = bmsbi.simulate_bank(self.simulator, self.prior, n, key=key, **kwargs)
-        bank.meta.update(task=self.name, summary=self.summary.to_dict(),
-                         recording_shape=[self.n_time, self.n_regions], fs=self.fs)
-        return bank
+        meta = {**dict(kwargs.pop("meta", None) or {}), "task": self.name,
+                "summary": self.summary.to_dict(), "recording_shape": [self.n_time, self.n_regions],
+                "fs": self.fs, "prior": self.prior.to_dict()}
+        return bmsbi.simulate_bank(self.simulator, self.prior, n, key=key, meta=meta, **kwargs)
 
     def __repr__(self) -> str:
         return (f"Task({self.name!r}, parameters={self.names}, recording=({self.n_time}, "

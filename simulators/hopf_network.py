@@ -65,15 +65,12 @@ import numpyro.distributions as dist
 import bmsbi
 from bmsbi.summaries import FC, FCD, BandPower, SpectralPeak, combine
 
-from ._task import Task, add_measurement_noise, as_float32, white_noise_sigma
+from ._task import FS, N_TIME, Task, add_measurement_noise, as_float32, white_noise_sigma, record
 
 __all__ = ["task", "prior", "observe", "simulate", "summary", "true_theta", "fs",
            "connectome", "frequencies"]
 
 DT = 1.0  # ms
-FS = 250.0  # Hz
-TRANSIENT = 500.0  # ms
-DURATION = 4000.0  # ms recorded
 SPEED = 10.0  # mm/ms (= m/s)
 OBS_NOISE = 1e-3
 
@@ -110,9 +107,7 @@ def _observe(theta, key):
         net = brainmass.Network(
             node, conn=np.asarray(connectome.weights), distance=connectome.distances,
             speed=SPEED * u.mm / u.ms, coupled_var="x", k=G)
-        res = brainmass.Simulator(net, dt=DT * u.ms).run(
-            (TRANSIENT + DURATION) * u.ms, monitors=lambda m: m.node.x.value,
-            transient=TRANSIENT * u.ms, sample_every=round(1000.0 / FS / DT), jit=False)
+        res = record(net, DT, lambda m: m.node.x.value)
     return add_measurement_noise(as_float32(res["output"]), OBS_NOISE, k_obs)
 
 
@@ -122,7 +117,7 @@ task = Task(
     observe_fn=_observe,
     summary=summary,
     fs=FS,
-    n_time=round(DURATION * FS / 1000.0),
+    n_time=N_TIME,
     n_regions=N_REGIONS,
     true_theta=true_theta,
     description=(

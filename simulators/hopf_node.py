@@ -57,21 +57,17 @@ import math
 
 import brainmass
 import brainstate
-import brainunit as u
 import jax
 import numpyro.distributions as dist
 
 import bmsbi
 from bmsbi.summaries import default_eeg_summary
 
-from ._task import Task, add_measurement_noise, as_float32, white_noise_sigma
+from ._task import FS, N_TIME, Task, add_measurement_noise, as_float32, white_noise_sigma, record
 
 __all__ = ["task", "prior", "observe", "simulate", "summary", "true_theta", "fs"]
 
 DT = 2.0  # ms; rk4 keeps the limit-cycle amplitude within 0.1 % at this step
-FS = 250.0  # Hz
-TRANSIENT = 500.0  # ms
-DURATION = 4000.0  # ms recorded
 OBS_NOISE = 1e-3
 
 fs = FS
@@ -93,9 +89,7 @@ def _observe(theta, key):
             1, a=a, w=2.0 * math.pi * f / 1000.0, beta=1.0, method="rk4",
             noise_x=brainmass.GaussianNoise(1, sigma=noise),
             noise_y=brainmass.GaussianNoise(1, sigma=noise))
-        res = brainmass.Simulator(node, dt=DT * u.ms).run(
-            (TRANSIENT + DURATION) * u.ms, monitors=["x"], transient=TRANSIENT * u.ms,
-            sample_every=round(1000.0 / FS / DT), jit=False)
+        res = record(node, DT, ["x"])
     return add_measurement_noise(as_float32(res["x"]), OBS_NOISE, k_obs)
 
 
@@ -105,7 +99,7 @@ task = Task(
     observe_fn=_observe,
     summary=summary,
     fs=FS,
-    n_time=round(DURATION * FS / 1000.0),
+    n_time=N_TIME,
     n_regions=1,
     true_theta=true_theta,
     description=(

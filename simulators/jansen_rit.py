@@ -66,14 +66,11 @@ import numpyro.distributions as dist
 import bmsbi
 from bmsbi.summaries import default_eeg_summary
 
-from ._task import Task, add_measurement_noise, as_float32, white_noise_sigma
+from ._task import FS, N_TIME, Task, add_measurement_noise, as_float32, white_noise_sigma, record
 
 __all__ = ["task", "prior", "observe", "simulate", "summary", "true_theta", "fs"]
 
 DT = 1.0  # ms
-FS = 250.0  # Hz
-TRANSIENT = 500.0  # ms
-DURATION = 4000.0  # ms recorded
 SIGMA_P = 58.0  # Hz sqrt(ms): input noise intensity
 OBS_NOISE = 0.02  # mV
 
@@ -95,9 +92,7 @@ def _observe(theta, key):
         node = brainmass.JansenRitStep(
             1, Ae=A * u.mV, Ai=B * u.mV, C=C, method="rk4",
             noise_E=brainmass.GaussianNoise(1, mean=mu * u.Hz, sigma=white_noise_sigma(SIGMA_P, DT) * u.Hz))
-        res = brainmass.Simulator(node, dt=DT * u.ms).run(
-            (TRANSIENT + DURATION) * u.ms, monitors=lambda m: m.eeg(), transient=TRANSIENT * u.ms,
-            sample_every=round(1000.0 / FS / DT), jit=False)
+        res = record(node, DT, lambda m: m.eeg())
     eeg = as_float32(res["output"] / u.mV)
     return add_measurement_noise(eeg, OBS_NOISE, k_obs)
 
@@ -108,7 +103,7 @@ task = Task(
     observe_fn=_observe,
     summary=summary,
     fs=FS,
-    n_time=round(DURATION * FS / 1000.0),
+    n_time=N_TIME,
     n_regions=1,
     true_theta=true_theta,
     description=(

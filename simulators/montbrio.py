@@ -67,15 +67,12 @@ import numpyro.distributions as dist
 import bmsbi
 from bmsbi.summaries import default_eeg_summary
 
-from ._task import Task, add_measurement_noise, as_float32, white_noise_sigma
+from ._task import FS, N_TIME, Task, add_measurement_noise, as_float32, white_noise_sigma, record
 
 __all__ = ["task", "prior", "observe", "simulate", "summary", "true_theta", "fs"]
 
 TAU_M = 10.0  # ms: one brainmass millisecond of this model is one membrane time constant
 DT = 0.05  # in units of tau_m (0.5 ms)
-FS = 250.0  # Hz
-TRANSIENT = 500.0  # ms (physical)
-DURATION = 4000.0  # ms recorded (physical)
 OBS_NOISE = 0.01  # Hz
 
 fs = FS
@@ -97,10 +94,7 @@ def _observe(theta, key):
         node = brainmass.MontbrioPazoRoxinStep(
             1, tau=1.0 * model_ms, eta=eta, J=J, delta=Delta / model_ms, method="rk4",
             noise_v=brainmass.GaussianNoise(1, sigma=white_noise_sigma(sigma, DT)))
-        res = brainmass.Simulator(node, dt=DT * model_ms).run(
-            (TRANSIENT + DURATION) / TAU_M * model_ms, monitors=["r"],
-            transient=TRANSIENT / TAU_M * model_ms,
-            sample_every=round(1000.0 / FS / TAU_M / DT), jit=False)
+        res = record(node, DT, ["r"], unit_ms=TAU_M)
     r_tilde = res["r"] * model_ms  # dimensionless rate r * tau_m
     rate_hz = as_float32(r_tilde) * (1000.0 / TAU_M)
     return add_measurement_noise(rate_hz, OBS_NOISE, k_obs)
@@ -112,7 +106,7 @@ task = Task(
     observe_fn=_observe,
     summary=summary,
     fs=FS,
-    n_time=round(DURATION * FS / 1000.0),
+    n_time=N_TIME,
     n_regions=1,
     true_theta=true_theta,
     description=(

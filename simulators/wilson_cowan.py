@@ -59,14 +59,11 @@ import numpyro.distributions as dist
 import bmsbi
 from bmsbi.summaries import default_eeg_summary
 
-from ._task import Task, add_measurement_noise, as_float32
+from ._task import FS, N_TIME, Task, add_measurement_noise, as_float32, record
 
 __all__ = ["task", "prior", "observe", "simulate", "summary", "true_theta", "fs"]
 
 DT = 1.0  # ms
-FS = 250.0  # Hz
-TRANSIENT = 500.0  # ms
-DURATION = 4000.0  # ms recorded
 TAU = 10.0  # ms, both populations
 TAU_NOISE = 5.0  # ms, OU correlation time (5 integration steps)
 OBS_NOISE = 5e-4
@@ -90,9 +87,7 @@ def _observe(theta, key):
             1, tau_E=TAU * u.ms, tau_I=TAU * u.ms, a_E=1.3, theta_E=4.0, a_I=2.0, theta_I=3.7,
             wEE=wEE, wIE=wIE, wEI=15.0, wII=3.0, r=1.0, method="rk4",
             noise_E=brainmass.OUProcess(1, mean=P, sigma=sigma, tau=TAU_NOISE * u.ms))
-        res = brainmass.Simulator(node, dt=DT * u.ms).run(
-            (TRANSIENT + DURATION) * u.ms, monitors=["rE"], transient=TRANSIENT * u.ms,
-            sample_every=round(1000.0 / FS / DT), jit=False)
+        res = record(node, DT, ["rE"])
     return add_measurement_noise(as_float32(res["rE"]), OBS_NOISE, k_obs)
 
 
@@ -102,7 +97,7 @@ task = Task(
     observe_fn=_observe,
     summary=summary,
     fs=FS,
-    n_time=round(DURATION * FS / 1000.0),
+    n_time=N_TIME,
     n_regions=1,
     true_theta=true_theta,
     description=(
