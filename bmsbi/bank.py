@@ -437,7 +437,7 @@ def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev):
 
 
 def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chunk_size: int | None = None,
-                  path=None, progress: bool = True, on_invalid: str = "drop") -> Bank:
+                  path=None, progress: bool = True, on_invalid: str = "drop", meta=None) -> Bank:
     """Simulate ``num_simulations`` parameter draws from ``prior`` through ``simulator``.
 
     Parameters
@@ -471,6 +471,10 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         Policy for simulations whose output has NaN/inf: drop them, raise
         ``ValueError``, or keep them. Their count and indices go into ``bank.meta``
         (``num_invalid``, ``invalid_indices``) in every case.
+    meta : dict, optional
+        JSON metadata describing the bank (e.g. its task, summary and prior, as
+        :meth:`simulators.Task.bank` records); merged into ``bank.meta`` and stored in a
+        bank folder's manifest, so :meth:`Bank.load` returns it too.
 
     Returns
     -------
@@ -495,6 +499,11 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
     if on_invalid not in _ON_INVALID:
         raise ValueError(f"on_invalid: expected one of {_ON_INVALID}, got {on_invalid!r}")
+    user_meta = dict(meta or {})
+    try:
+        json.dumps(user_meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"meta: expected JSON-serialisable metadata ({exc})") from None
     key = as_key(key)
     k_theta, k_sim = jax.random.split(key)
     sim_fn = _build_sim_fn(simulator)
@@ -520,7 +529,7 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         fingerprint["prior"] = repr(prior)
     manifest = {"format": _FORMAT, "schema": SCHEMA_VERSION, "names": list(prior.names),
                 "num_simulations": n, "chunk_size": cs, "num_chunks": n_chunks, "x_shape": list(x_shape),
-                "on_invalid": on_invalid, "fingerprint": fingerprint, "meta": {}}
+                "on_invalid": on_invalid, "fingerprint": fingerprint, "meta": user_meta}
     if folder is not None:
         old = _read_manifest(folder) if folder.is_dir() else None
         if old is not None and old.get("fingerprint") != fingerprint:
@@ -531,7 +540,7 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
                 "use a new path, or the original arguments to resume")
         if folder.exists() and old is None and any(folder.iterdir()):
             raise ValueError(f"path: {folder} exists, is not empty and holds no bmsbi bank; choose a new folder")
-        if old is None and proc == 0:
+        if (old is None or old.get("meta") != user_meta) and proc == 0:
             _atomic_write(folder / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
     bar = None
@@ -577,7 +586,7 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     theta = np.concatenate([results[c]["theta"] for c in mine]) if mine else np.zeros((0, prior.dim), np.float32)
     x = np.concatenate([results[c]["x"] for c in mine]) if mine else np.zeros((0, *x_shape), x_dtype)
     theta, x, invalid = _apply_policy(theta, x, index, on_invalid)
-    meta = {"num_simulations": n, "num_invalid": len(invalid), "invalid_indices": invalid,
+    meta = {**user_meta, "num_simulations": n, "num_invalid": len(invalid), "invalid_indices": invalid,
             "on_invalid": on_invalid, "chunk_size": cs, "simulator": fingerprint["simulator"],
             "seconds": round(time.perf_counter() - t0, 3), "devices": n_dev,
             "process_index": proc, "process_count": n_proc}

@@ -1,14 +1,19 @@
-"""The ``bmsbi`` command: ``bmsbi demo``, ``bmsbi simulate`` and friends.
+"""The ``bmsbi`` command: ``bmsbi simulate`` → ``train`` → ``infer`` → ``diagnose``, and ``demo``.
 
-Every verb prints one clear line and exits with status 2 on bad input (missing
-file, wrong shape, unknown task), instead of a traceback.
+Every verb prints one clear line on stderr and exits with status 2 on bad input
+(missing or unreadable file, wrong shape, unknown task, a file written by a newer
+bmsbi), instead of a traceback. ``bmsbi infer`` exits 0 when recordings are out of
+distribution (the flag is part of its output) unless ``--fail-on-ood`` asks for 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 __all__ = ["main"]
@@ -27,6 +32,65 @@ def _task(name: str):
         raise CLIError(f"unknown task {name!r}; available: {', '.join(simulators.list_tasks())}") from None
 
 
+def _existing(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"{what}: no such file or folder: {path}")
+    return p
+
+
+def _writable(path: str, what: str, *, folder: bool = False) -> Path:
+    """``path`` as a Path, refused early (before long work) when it cannot be written."""
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise CLIError(f"{what}: {path} is a file, expected a folder")
+    if not folder and p.is_dir():
+        raise CLIError(f"{what}: {path} is a folder, expected a file name")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"{what}: cannot write {path}: {parent} is a file, not a folder")
+            break
+    return p
+
+
+def _load_posterior(path: str):
+    import bmsbi
+
+    p = _existing(path, "posterior")
+    if p.is_dir():
+        raise CLIError(f"posterior: {path} is a folder, expected a posterior file (from `bmsbi train`)")
+    try:
+        return bmsbi.load_posterior(p)
+    except ValueError as exc:
+        raise CLIError(f"posterior: {_strip_arg(exc)}") from None
+
+
+def _load_bank(path: str):
+    import bmsbi
+
+    p = _existing(path, "bank")
+    if not p.is_dir() and p.suffix.lower() != ".npz":
+        raise CLIError(f"bank: {path}: expected a bank folder or a .npz file (from `bmsbi simulate`)")
+    try:
+        return bmsbi.Bank.load(p)
+    except ValueError as exc:
+        raise CLIError(f"bank: {_strip_arg(exc)}") from None
+
+
+def _strip_arg(exc) -> str:
+    """A library message without its leading ``path:`` argument name."""
+    return re.sub(r"^path: ", "", str(exc))
+
+
+def _bank_task_name(meta: dict):
+    """The task a bank was simulated for: ``meta["task"]``, or its simulator's name."""
+    if isinstance(meta.get("task"), str):
+        return meta["task"]
+    m = re.match(r"^simulators\.(\w+)\.simulate\[", str(meta.get("simulator", "")))
+    return m.group(1) if m else None
+
+
 def _key(seed: int):
     import jax
 
@@ -35,25 +99,325 @@ def _key(seed: int):
 
 # ------------------------------------------------------------------- simulate
 def cmd_simulate(args) -> None:
-    import bmsbi
-
     task = _task(args.task)
-    out = Path(args.out)
-    bank = bmsbi.simulate_bank(task.simulator, task.prior, args.num_simulations, key=_key(args.seed),
-                               chunk_size=args.chunk_size, path=None if out.suffix == ".npz" else out,
-                               progress=not args.quiet, on_invalid=args.on_invalid)
+    out = _writable(args.out, "--out", folder=Path(args.out).suffix != ".npz")
+    bank = task.bank(args.num_simulations, _key(args.seed), chunk_size=args.chunk_size,
+                     path=None if out.suffix == ".npz" else out, progress=not args.quiet,
+                     on_invalid=args.on_invalid)
     if out.suffix == ".npz":
         bank.save(out)
     print(f"wrote {len(bank)} simulations of task {task.name!r} to {out} "
           f"({bank.meta['num_invalid']} invalid, policy {bank.meta['on_invalid']!r})")
 
 
+# ---------------------------------------------------------------------- train
+_ESTIMATORS = ("npe", "nle", "nre")
+
+
+def _prior_and_task(bank, task_name):
+    """``(prior, task or None)`` for a bank: ``--task``, else the bank's meta."""
+    import bmsbi
+
+    meta = bank.meta
+    if task_name is not None:
+        return _task(task_name).prior, _task(task_name)
+    name = _bank_task_name(meta)
+    if isinstance(meta.get("prior"), dict):
+        try:
+            prior = bmsbi.Prior.from_dict(meta["prior"])
+        except ValueError as exc:
+            raise CLIError(f"bank: its meta holds an unreadable prior ({exc}); pass --task") from None
+        return prior, (_task(name) if name else None)
+    if name is None:
+        raise CLIError("bank: its meta names neither a task nor a prior (not written by `bmsbi simulate`?); "
+                       "pass --task")
+    task = _task(name)
+    return task.prior, task
+
+
+def cmd_train(args) -> None:
+    import math
+
+    import bmsbi
+
+    out = _writable(args.out, "--out")
+    bank = _load_bank(args.bank)
+    prior, task = _prior_and_task(bank, args.task)
+    summary = recording_shape = None
+    if task is not None and not isinstance(bank.meta.get("summary"), dict):
+        # A bank without a recorded summary: the task's default, when it fits the bank's x.
+        if task.summary.output_size(task.n_time, task.n_regions) == math.prod(bank.x_shape):
+            summary, recording_shape = task.summary, (task.n_time, task.n_regions)
+    cls = {"npe": bmsbi.NPE, "nle": bmsbi.NLE, "nre": bmsbi.NRE}[args.estimator]
+    estimator = cls() if args.max_epochs is None else cls(max_epochs=args.max_epochs)
+    t0 = time.perf_counter()
+    posterior = estimator.fit(bank, prior=prior, key=_key(args.seed), progress=not args.quiet,
+                              summary=summary, recording_shape=recording_shape)
+    seconds = time.perf_counter() - t0
+    if task is not None:
+        posterior.training["task"] = task.name
+    posterior.save(out)
+    h = posterior.history
+    best = "n/a" if h is None or not h.val_loss else f"{float(h.best_val_loss):.4f} (epoch {h.best_epoch})"
+    epochs = "?" if h is None else h.epochs
+    what = f"task {task.name!r}" if task is not None else "its prior"
+    print(f"trained {args.estimator.upper()} on {len(bank)} simulations ({what}): {epochs} epochs in "
+          f"{seconds:.1f} s, best validation loss {best}; wrote {out}")
+
+
+# ---------------------------------------------------------------------- infer
+def _read_array(path: str):
+    """The array in a ``.npy`` or ``.csv`` file (csv: rows = time, columns = regions)."""
+    p = _existing(path, "recordings")
+    if p.is_dir():
+        raise CLIError(f"recordings: {path} is a folder, expected a .npy or .csv file")
+    import numpy as np
+
+    if p.suffix.lower() == ".npy":
+        try:
+            a = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise CLIError(f"recordings: cannot read {path} as a .npy array ({_first_line(exc)})") from None
+    elif p.suffix.lower() == ".csv":
+        a = _read_csv(p)
+    else:
+        raise CLIError(f"recordings: {path}: expected a .npy or .csv file, got {p.suffix or 'no suffix'!r}")
+    if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.number) or a.size == 0:
+        raise CLIError(f"recordings: {path} holds no numeric data (dtype {getattr(a, 'dtype', '?')}, "
+                       f"shape {getattr(a, 'shape', '?')})")
+    return a.astype(np.float32)
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_csv(p: Path):
+    """Numbers separated by commas; one header line of column names is skipped."""
+    import numpy as np
+
+    try:
+        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"recordings: cannot read {p} as a CSV file ({_first_line(exc)})") from None
+    if lines:
+        try:
+            [float(v) for v in lines[0].split(",")]
+        except ValueError:
+            lines = lines[1:]  # a header row
+    if not lines:
+        raise CLIError(f"recordings: {p} holds no rows of numbers")
+    try:
+        rows = [[float(v) for v in ln.split(",")] for ln in lines]
+    except ValueError as exc:
+        raise CLIError(f"recordings: {p} is not a CSV of numbers ({exc})") from None
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise CLIError(f"recordings: {p} has rows of different lengths {sorted(widths)}; expected one "
+                       "column per region and one row per time step")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _recordings(posterior, paths):
+    """All recordings as one batch ``(m, ...)`` and a label per recording."""
+    import math
+
+    import numpy as np
+
+    arrays, labels = [], []
+    for path in paths:
+        a = _read_array(path)
+        name = Path(path).name
+        if posterior.summary is None:  # the posterior takes summaries (observations) directly
+            if a.shape == posterior.x_shape:
+                a = a[None]
+            elif a.shape[1:] != posterior.x_shape:
+                raise CLIError(f"recordings: {path} has shape {a.shape}; this posterior has no summary "
+                               f"pipeline and takes observations of shape {posterior.x_shape} or "
+                               f"(m, {', '.join(map(str, posterior.x_shape))})")
+        else:
+            a = {1: lambda v: v.reshape(1, -1, 1), 2: lambda v: v[None]}.get(a.ndim, lambda v: v)(a)
+            shape = posterior.recording_shape
+            expected = f"{tuple(shape)} (time, regions)" if shape is not None else "(time, regions)"
+            if a.ndim != 3:
+                raise CLIError(f"recordings: {path} has shape {a.shape}; expected one recording {expected}, "
+                               "(time,) for one region, or a batch (m, time, regions)")
+            try:
+                size = posterior.summary.output_size(a.shape[1], a.shape[2])
+            except ValueError as exc:
+                size = f"no features ({_first_line(exc)})"
+            if size != math.prod(posterior.x_shape):
+                raise CLIError(f"recordings: {path} holds recordings of shape {a.shape[1:]}, which give "
+                               f"{size} features; the posterior was trained on recordings {expected}")
+        arrays.append(a)
+        labels += [name] if len(a) == 1 else [f"{name}[{i}]" for i in range(len(a))]
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) > 1:
+        listing = ", ".join(f"{Path(p).name} {a.shape[1:]}" for p, a in zip(paths, arrays))
+        raise CLIError(f"recordings: all recordings must have the same shape to be inferred together; got "
+                       f"{listing}")
+    return np.concatenate(arrays), labels
+
+
+def _summary_rows(result, labels):
+    import numpy as np
+
+    mean, sd = result.samples.mean(axis=1), result.samples.std(axis=1)
+    q05, q95 = np.quantile(result.samples, [0.05, 0.95], axis=1)
+    rows = []
+    for i, label in enumerate(labels):
+        row = {"recording": label}
+        for j, n in enumerate(result.names):
+            row.update({f"{n}_mean": mean[i, j], f"{n}_sd": sd[i, j], f"{n}_q05": q05[i, j],
+                        f"{n}_q95": q95[i, j]})
+        row.update(ood_score=result.ood_score[i], ood_pvalue=result.ood_pvalue[i],
+                   flagged=bool(result.flagged[i]))
+        rows.append({k: (v if isinstance(v, (str, bool)) else _finite_or_none(v)) for k, v in row.items()})
+    return rows
+
+
+def _finite_or_none(v):
+    import math
+
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _write_inference(result, labels, path: Path, fmt: str, posterior_path: str) -> None:
+    import csv
+
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "npz":
+        np.savez(path, samples=result.samples, names=np.array(result.names), recordings=np.array(labels),
+                 x=result.x, ood_score=result.ood_score, ood_pvalue=result.ood_pvalue,
+                 flagged=result.flagged, mean=result.samples.mean(axis=1), sd=result.samples.std(axis=1))
+        return
+    rows = _summary_rows(result, labels)
+    if fmt == "json":
+        path.write_text(json.dumps({"posterior": str(posterior_path), "parameters": list(result.names),
+                                    "num_samples": int(result.samples.shape[1]), "recordings": rows},
+                                   indent=1) + "\n")
+        return
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+
+
+def cmd_infer(args) -> None:
+    import bmsbi
+
+    fmt = args.format
+    if args.out is not None and fmt is None:
+        fmt = Path(args.out).suffix.lower().lstrip(".")
+        if fmt not in ("csv", "json", "npz"):
+            raise CLIError(f"--out: cannot tell the format from {args.out!r}; end it in .csv, .json or .npz, "
+                           "or pass --format")
+    if args.num_samples < 2:
+        raise CLIError(f"--num-samples: expected at least 2, got {args.num_samples}")
+    if args.out is not None:
+        _writable(args.out, "--out")
+    posterior = _load_posterior(args.posterior)
+    batch, labels = _recordings(posterior, args.recordings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bmsbi.OutOfDistributionWarning)  # reported below, in one line
+        try:
+            result = posterior.infer(_key(args.seed), batch, args.num_samples)
+        except ValueError as exc:
+            raise CLIError(_first_line(exc)) from None
+    print(result.table(labels=labels))
+    if args.out is not None:
+        _write_inference(result, labels, Path(args.out), fmt, args.posterior)
+        print(f"wrote {fmt} for {len(labels)} recordings to {args.out}")
+    flagged = [lab for lab, f in zip(labels, result.flagged) if f]
+    if flagged:
+        shown = ", ".join(flagged[:5]) + (" ..." if len(flagged) > 5 else "")
+        print(f"bmsbi infer: warning: {len(flagged)} of {len(labels)} recordings are out of distribution "
+              f"(unlike every training simulation; their posteriors should not be trusted): {shown}",
+              file=sys.stderr)
+        if args.fail_on_ood:
+            raise _Exit(3)
+
+
+class _Exit(Exception):
+    """Leave with a given status after normal output (no error message)."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+# ------------------------------------------------------------------- diagnose
+def cmd_diagnose(args) -> None:
+    import jax
+
+    out = _writable(args.out, "--out", folder=True)
+    posterior = _load_posterior(args.posterior)
+    k_sim, k_cal = jax.random.split(_key(args.seed))
+    if args.bank is not None:
+        bank = _load_bank(args.bank)
+        if tuple(bank.x_shape) != tuple(posterior.x_shape) or bank.dim != posterior.dim:
+            raise CLIError(f"bank: {args.bank} holds x of shape {bank.x_shape} and {bank.dim} parameters; "
+                           f"the posterior takes x of shape {posterior.x_shape} and {posterior.dim} "
+                           f"parameters ({', '.join(posterior.names)})")
+        if args.num_simulations is not None:
+            bank = bank[:args.num_simulations]
+        source = f"bank {args.bank}"
+    else:
+        name = args.task or posterior.training.get("task")
+        if not name:
+            raise CLIError("the posterior does not name its task; pass --bank BANK (held-out simulations) "
+                           "or --task TASK")
+        task = _task(name)
+        if posterior.summary is not None and posterior.summary != task.summary:
+            task = task.with_summary(posterior.summary)
+        if tuple(task.prior.names) != tuple(posterior.names):
+            raise CLIError(f"--task: task {task.name!r} has parameters {task.prior.names}, the posterior "
+                           f"{posterior.names}")
+        bank = task.bank(args.num_simulations or 300, k_sim, progress=not args.quiet)
+        source = f"{len(bank)} fresh simulations of task {task.name!r} (seed {args.seed})"
+    if len(bank) < 2:
+        raise CLIError(f"need at least 2 held-out simulations, got {len(bank)}")
+    finite = bank.finite_mask()
+    from .demo import calibration_checks
+
+    cal = calibration_checks(posterior, bank.theta[finite], bank.x[finite], key=k_cal, out=out,
+                             num_samples=args.num_samples)
+    lines = [f"bmsbi diagnose — posterior {args.posterior} ({', '.join(posterior.names)}) on {source}",
+             *cal["lines"],
+             f"files: {', '.join(sorted({p.name for p in out.iterdir()} | {'report.txt', 'report.json'}))}"]
+    report = {"posterior": str(args.posterior), "source": source, "parameters": list(posterior.names),
+              **{k: v for k, v in cal.items() if k != "lines"}}
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    (out / "report.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 # ----------------------------------------------------------------------- demo
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(task_name=args.task, out=Path(args.out), num_simulations=args.num_simulations,
+    _task(args.task)
+    run_demo(task_name=args.task, out=_writable(args.out, "--out", folder=True), num_simulations=args.num_simulations,
              seed=args.seed, quiet=args.quiet)
+
+
+_INFER_DESCRIPTION = ("Sample the posterior for every RECORDING in one batched call and print the "
+    "posterior mean ± sd per parameter with an out-of-distribution (OOD) score. A "
+    "recording is a .npy file (time, regions), (time,) or a batch (m, time, regions), or "
+    "a .csv file (rows = time, columns = regions; an optional header line). Recordings "
+    "unlike every training simulation are flagged in the table and named in a warning "
+    "on stderr; the exit status stays 0 (the output is valid, the flag is part of it) "
+    "unless --fail-on-ood is given.")
+_DIAGNOSE_DESCRIPTION = ("Check a posterior's calibration on held-out simulations: simulation-based "
+    "calibration (rank uniformity), expected coverage of credible regions and posterior "
+    "z-score vs shrinkage. The simulations come from --bank (one the posterior was not "
+    "trained on) or are simulated afresh from --task (default: the task the posterior "
+    "was trained on). Writes sbc.png, coverage.png, zscore_shrinkage.png, report.txt "
+    "and report.json into --out and prints the report.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +450,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_simulate)
 
+    tr = sub.add_parser("train", help="train an estimator on a bank and save the posterior",
+                        description="Train NPE (or NLE / NRE) on a bank written by `bmsbi simulate` and "
+                                    "save the amortized posterior. The prior comes from the bank (its "
+                                    "task or stored prior) unless --task is given. The posterior keeps "
+                                    "the bank's summary pipeline, so `bmsbi infer` takes raw recordings.")
+    tr.add_argument("bank", help="bank folder or .npz file")
+    tr.add_argument("--out", required=True, help="posterior file to write (e.g. hopf.bmsbi)")
+    tr.add_argument("--estimator", choices=_ESTIMATORS, default="npe", help="default: %(default)s")
+    tr.add_argument("--task", default=None, help="take the prior from this task instead of the bank's meta")
+    tr.add_argument("--max-epochs", type=int, default=None,
+                    help="training epochs at most (default: the estimator's own, early stopping applies)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=cmd_train)
+
+    inf = sub.add_parser(
+        "infer", help="posteriors for recordings, with an out-of-distribution flag",
+        description=_INFER_DESCRIPTION,
+        epilog="exit status: 0 success (also with flagged recordings), 2 bad input, 3 flagged "
+               "recordings with --fail-on-ood")
+    inf.add_argument("posterior", help="posterior file (from `bmsbi train`)")
+    inf.add_argument("recordings", nargs="+", metavar="RECORDING", help=".npy or .csv recording file")
+    inf.add_argument("--num-samples", type=int, default=1000, help="posterior draws per recording "
+                                                                    "(default: %(default)s)")
+    inf.add_argument("--out", default=None, help="write the results: .npz (samples, names, OOD scores), "
+                                                 ".csv or .json (summary table: means, sds, 5%%/95%% "
+                                                 "quantiles, ood_score, ood_pvalue, flagged)")
+    inf.add_argument("--format", choices=["csv", "json", "npz"], default=None,
+                     help="format of --out (default: from its suffix)")
+    inf.add_argument("--seed", type=int, default=0)
+    inf.add_argument("--fail-on-ood", action="store_true",
+                     help="exit with status 3 when any recording is out of distribution")
+    inf.set_defaults(func=cmd_infer)
+
+    dg = sub.add_parser(
+        "diagnose", help="calibration checks (SBC, coverage, z-score/shrinkage) with plots",
+        description=_DIAGNOSE_DESCRIPTION)
+    dg.add_argument("posterior", help="posterior file (from `bmsbi train`)")
+    src = dg.add_mutually_exclusive_group()
+    src.add_argument("--bank", default=None, help="held-out bank folder or .npz file")
+    src.add_argument("--task", default=None, help="simulate held-out data from this task")
+    dg.add_argument("-n", "--num-simulations", type=int, default=None,
+                    help="held-out simulations to use (default: 300 simulated; all of --bank)")
+    dg.add_argument("--num-samples", type=int, default=200,
+                    help="posterior draws per simulation for SBC and z-scores (default: %(default)s)")
+    dg.add_argument("--out", default="bmsbi-diagnose", help="output folder (default: %(default)s)")
+    dg.add_argument("--seed", type=int, default=0)
+    dg.add_argument("--quiet", action="store_true", help="no progress bars")
+    dg.set_defaults(func=cmd_diagnose)
+
     t = sub.add_parser("tasks", help="list the ready-made tasks")
     t.set_defaults(func=cmd_tasks)
     return p
@@ -103,10 +517,20 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
+    for name in ("num_simulations", "num_samples", "max_epochs", "chunk_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            print(f"bmsbi {args.verb}: error: --{name.replace('_', '-')}: expected a positive integer, "
+                  f"got {value}", file=sys.stderr)
+            return 2
     try:
         args.func(args)
-    except (CLIError, ValueError, FileNotFoundError) as exc:
-        print(f"bmsbi {args.verb}: error: {exc}".splitlines()[0], file=sys.stderr)
+    except _Exit as exc:
+        return exc.status
+    except (CLIError, ValueError, OSError) as exc:
+        # User errors from the command or the library (missing file, wrong shape, newer
+        # schema ...): one line, no traceback.
+        print(f"bmsbi {args.verb}: error: {_first_line(exc)}", file=sys.stderr)
         return 2
     if getattr(args, "verbose_time", False):
         print(f"done in {time.perf_counter() - t0:.1f} s")

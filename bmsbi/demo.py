@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "calibration_checks"]
 
 
 def _plot_recording_and_posterior(task, recording, samples, true_theta, path: Path) -> None:
@@ -60,6 +60,59 @@ def _plot_history(history, path: Path) -> None:
     plt.close(fig)
 
 
+def calibration_checks(posterior, theta, x, *, key, out, num_samples: int = 200,
+                       coverage_samples: int = 1000) -> dict:
+    """Calibration of ``posterior`` on simulations ``(theta, x)`` it was not trained on.
+
+    Runs simulation-based calibration (:func:`bmsbi.diagnostics.sbc_ranks` with
+    ``num_samples`` draws, and :func:`~bmsbi.diagnostics.sbc_uniformity`), expected
+    coverage of the HPD regions (``coverage_samples`` draws) and the posterior z-score
+    and shrinkage, and writes ``sbc.png``, ``coverage.png`` and ``zscore_shrinkage.png``
+    into the folder ``out``. Shared by ``bmsbi demo`` and ``bmsbi diagnose``.
+
+    Returns
+    -------
+    dict
+        ``num_calibration``, ``sbc_p_values``, ``coverage_max_abs_deviation``,
+        ``mean_abs_zscore``, ``mean_shrinkage`` (per parameter) and ``lines`` (the text
+        report).
+    """
+    import jax
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bmsbi import diagnostics
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = tuple(posterior.names)
+    theta, x = np.asarray(theta), np.asarray(x)
+    m = len(theta)
+    k_sbc, k_cov, k_z = jax.random.split(key, 3)
+    ranks = diagnostics.sbc_ranks(posterior, theta, x, key=k_sbc, num_samples=num_samples)
+    sbc_p = np.asarray(diagnostics.sbc_uniformity(ranks, num_samples))
+    cov = diagnostics.expected_coverage(posterior, theta, x, key=k_cov, num_samples=coverage_samples)
+    zs = diagnostics.zscore_shrinkage(posterior, theta, x, key=k_z, num_samples=max(num_samples, 2))
+    for fig in (diagnostics.plot_sbc_ecdf(ranks, num_samples, names=names, path=out / "sbc.png"),
+                diagnostics.plot_coverage(cov, path=out / "coverage.png"),
+                diagnostics.plot_zscore_shrinkage(zs, path=out / "zscore_shrinkage.png")):
+        plt.close(fig)
+    abs_z = np.nanmean(np.abs(zs.zscore), axis=0)
+    shrink = np.nanmean(zs.shrinkage, axis=0)
+    result = {"num_calibration": m, "sbc_p_values": sbc_p.tolist(),
+              "coverage_max_abs_deviation": cov.max_deviation,
+              "mean_abs_zscore": abs_z.tolist(), "mean_shrinkage": shrink.tolist()}
+    result["lines"] = [
+        f"calibration on {m} held-out simulations: SBC uniformity p-values "
+        + ", ".join(f"{nm}={p:.2f}" for nm, p in zip(names, sbc_p))
+        + f"; expected coverage max |deviation| {cov.max_deviation:.3f}",
+        "mean |z-score| / shrinkage per parameter: "
+        + ", ".join(f"{nm}={z:.2f}/{s:.2f}" for nm, z, s in zip(names, abs_z, shrink))]
+    return result
+
+
 def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_simulations: int | None = None,
              seed: int = 0, quiet: bool = False) -> dict:
     """Run the end-to-end demo on ``task_name`` and write everything into ``out``.
@@ -75,7 +128,6 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
 
     import bmsbi
     import simulators
-    from bmsbi import diagnostics
 
     task = simulators.get(task_name)
     out = Path(out)
@@ -111,12 +163,7 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
 
     t0 = time.perf_counter()
     m = min(len(test), 300)
-    k_sbc, k_cov = jax.random.split(k_cal)
-    ranks = diagnostics.sbc_ranks(posterior, test.theta[:m], test.x[:m], key=k_sbc, num_samples=200)
-    sbc_p = diagnostics.sbc_uniformity(ranks, 200)
-    diagnostics.plot_sbc_ecdf(ranks, 200, names=task.prior.names, path=out / "sbc.png")
-    cov = diagnostics.expected_coverage(posterior, test.theta[:m], test.x[:m], key=k_cov)
-    diagnostics.plot_coverage(cov, path=out / "coverage.png")
+    cal = calibration_checks(posterior, test.theta[:m], test.x[:m], key=k_cal, out=out)
     timings["calibration"] = time.perf_counter() - t0
 
     mean, sd = samples.mean(0), samples.std(0)
@@ -126,8 +173,7 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
         "epochs": posterior.history.epochs, "best_val_loss": round(float(posterior.history.best_val_loss), 4),
         "true_theta": true_theta.tolist(), "posterior_mean": mean.tolist(), "posterior_sd": sd.tolist(),
         "z_score": ((mean - true_theta) / sd).tolist(),
-        "sbc_p_values": np.asarray(sbc_p).tolist(),
-        "coverage_max_abs_deviation": float(np.max(np.abs(np.asarray(cov.coverage) - np.asarray(cov.levels)))),
+        **{k: v for k, v in cal.items() if k != "lines"},
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -140,9 +186,7 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
     for i, name in enumerate(task.prior.names):
         lines.append(f"  {name:8s} {mean[i]: .4g} ± {sd[i]:.3g}   (true {true_theta[i]:.4g}, "
                      f"z = {report['z_score'][i]:+.2f})")
-    lines.append(f"calibration on {m} held-out simulations: SBC uniformity p-values "
-                 + ", ".join(f"{nm}={p:.2f}" for nm, p in zip(task.prior.names, report["sbc_p_values"]))
-                 + f"; expected coverage max |deviation| {report['coverage_max_abs_deviation']:.3f}")
+    lines += cal["lines"]
     lines.append(f"files: {', '.join(sorted(p.name for p in out.iterdir()))}")
     (out / "report.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -817,15 +817,22 @@ class Inference:
         """Posterior means ``(m, d)``."""
         return self.samples.mean(axis=1)
 
-    def table(self) -> str:
-        """One line per recording: posterior mean ± sd per parameter, OOD score, flag."""
+    def table(self, labels=None) -> str:
+        """One line per recording: posterior mean ± sd per parameter, OOD score, flag.
+
+        ``labels`` (one string per recording, e.g. file names) replaces the row numbers.
+        """
         mean, sd = self.samples.mean(axis=1), self.samples.std(axis=1)
-        head = "recording  " + "  ".join(f"{n:>18s}" for n in self.names) + "  ood_score  flag"
+        labels = [str(i) for i in range(len(self.samples))] if labels is None else [str(v) for v in labels]
+        if len(labels) != len(self.samples):
+            raise ValueError(f"labels: expected {len(self.samples)} labels, got {len(labels)}")
+        width = max([9] + [len(v) for v in labels])
+        head = f"{'recording':>{width}s}  " + "  ".join(f"{n:>18s}" for n in self.names) + "  ood_score  flag"
         lines = [head]
         for i in range(len(self.samples)):
             cells = "  ".join(f"{m:>9.4g} ± {s:<6.2g}" for m, s in zip(mean[i], sd[i]))
             flag = "OUT OF DISTRIBUTION" if self.flagged[i] else ""
-            lines.append(f"{i:>9d}  {cells}  {self.ood_score[i]:>9.3g}  {flag}")
+            lines.append(f"{labels[i]:>{width}s}  {cells}  {self.ood_score[i]:>9.3g}  {flag}".rstrip())
         return "\n".join(lines)
 
     def __len__(self):
