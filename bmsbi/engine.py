@@ -531,7 +531,11 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     def epoch_fn(state, arrays, train_data, val_data, epoch):
         tr, opt_state, best, best_val, (waited, lr_scale) = state
         k_epoch = jax.random.fold_in(jax.random.fold_in(key, 1), epoch)
-        k_train, k_val = jax.random.split(k_epoch)
+        k_train, _ = jax.random.split(k_epoch)
+        # One validation key for every epoch: a loss that draws randomness (NRE's shuffled
+        # pairs) is then compared across epochs on the same draws, so early stopping and
+        # the best-epoch choice follow the parameters, not the noise.
+        k_val = jax.random.fold_in(key, 2)
         tr, opt_state, t_loss = train_epoch(tr, opt_state, arrays, train_data, k_train, lr_scale)
         if val_data is None:
             v_loss = jnp.asarray(jnp.nan, t_loss.dtype)

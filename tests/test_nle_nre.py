@@ -76,3 +76,23 @@ def test_bad_settings_raise():
     with pytest.raises(ValueError, match="bank: theta has dimension 2 but the prior has dimension 1"):
         bmsbi.NLE(max_epochs=1).fit(bank, prior=wrong, key=jax.random.key(0), progress=False)
     del prior
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["NLE", "NRE"])
+def test_gaussian_linear_10d_at_10k(name):
+    # The 10-D line for the likelihood and ratio estimators: theta ~ N(0, 0.1 I),
+    # x ~ N(theta, 0.1 I), 10k simulations; posterior mean within 0.1 posterior sd.
+    dim = 10
+    prior = bmsbi.Prior({f"theta{i}": dist.Normal(0.0, PRIOR_VAR ** 0.5) for i in range(dim)})
+    theta = np.asarray(prior.sample(jax.random.key(20), 10_000))
+    x = theta + NOISE_VAR ** 0.5 * np.random.default_rng(21).normal(size=theta.shape)
+    post = getattr(bmsbi, name)().fit(bmsbi.Bank(theta, x.astype(np.float32)), prior=prior,
+                                      key=jax.random.key(22), progress=False)
+    x_obs = (np.random.default_rng(23).normal(size=(3, dim))
+             * np.sqrt(PRIOR_VAR + NOISE_VAR)).astype(np.float32)
+    samples = np.asarray(post.sample(jax.random.key(24), x_obs, 4000))
+    mean_err = np.abs(samples.mean(axis=1) - x_obs * PRIOR_VAR / (PRIOR_VAR + NOISE_VAR)) / POST_SD
+    assert mean_err.max() < 0.1, f"{name}: mean error per dimension {np.round(mean_err, 3)}"
+    sd_ratio = samples.std(axis=1) / POST_SD
+    assert np.all(np.abs(sd_ratio - 1) < 0.15), f"{name}: sd ratio {np.round(sd_ratio, 3)}"

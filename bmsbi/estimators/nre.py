@@ -28,12 +28,23 @@ __all__ = ["NRE"]
 
 
 class RatioModel(eqx.Module):
-    """MLP classifier on ``[theta, x]`` (standardised); its logit is the log ratio."""
+    """Classifier on ``[theta, x]`` (standardised); its logit is the log ratio.
+
+    logit = ``MLP([theta, x]) + theta^T W x``. The bilinear term ``W`` (zero at
+    initialisation; ``None`` in models saved without it) is the first-order
+    interaction of parameters and data: exact for Gaussian-linear models and the
+    bulk of the ratio of many others, so the MLP only learns the remainder.
+    """
 
     mlp: eqx.nn.MLP
+    bilinear: jax.Array | None = None
 
     def log_ratio(self, s_theta, x_std):
-        return self.mlp(jnp.concatenate([s_theta, x_std.reshape(-1)]))[0]
+        x = x_std.reshape(-1)
+        out = self.mlp(jnp.concatenate([s_theta, x]))[0]
+        if self.bilinear is not None:
+            out = out + s_theta @ self.bilinear @ x
+        return out
 
 
 @dataclasses.dataclass
@@ -48,6 +59,9 @@ class NRE(UnnormalisedEstimator):
         Hidden layers.
     num_contrastive : int, default 1
         Shuffled (independent) pairs per joint pair in each minibatch.
+    bilinear : bool, default True
+        Add a learned bilinear term ``theta^T W x`` to the classifier's logit (see
+        :class:`RatioModel`).
     learning_rate, batch_size, max_epochs, patience, validation_fraction, clip_norm,
     weight_decay, schedule :
         Passed to :func:`bmsbi.engine.fit`.
@@ -69,6 +83,7 @@ class NRE(UnnormalisedEstimator):
     hidden: int = 128
     nn_depth: int = 3
     num_contrastive: int = 1
+    bilinear: bool = True
     learning_rate: float = 1e-3
     batch_size: int = 256
     max_epochs: int = 300
@@ -87,7 +102,7 @@ class NRE(UnnormalisedEstimator):
 
     def config(self) -> dict:
         return {"estimator": "NRE", "hidden": int(self.hidden), "nn_depth": int(self.nn_depth),
-                "num_contrastive": int(self.num_contrastive)}
+                "num_contrastive": int(self.num_contrastive), "bilinear": bool(self.bilinear)}
 
     def fit(self, bank, *, prior, key, progress: bool = True, summary=None,
             recording_shape=None) -> MCMCPosterior:
@@ -106,8 +121,9 @@ class NRE(UnnormalisedEstimator):
 
 
 def _build(config, dim, x_shape, key):
-    return RatioModel(eqx.nn.MLP(dim + math.prod(x_shape), 1, config["hidden"], config["nn_depth"],
-                                 activation=jax.nn.silu, key=key))
+    dx = math.prod(x_shape)
+    mlp = eqx.nn.MLP(dim + dx, 1, config["hidden"], config["nn_depth"], activation=jax.nn.silu, key=key)
+    return RatioModel(mlp, jnp.zeros((dim, dx)) if config.get("bilinear", False) else None)
 
 
 def model_from_config(config: dict, dim: int, x_shape: tuple) -> RatioModel:
