@@ -30,10 +30,17 @@ def _plot_recording_and_posterior(task, recording, samples, true_theta, path: Pa
     lo, hi = task.prior.bounds()
     for i, name in enumerate(task.prior.names):
         ax = axes[i + 1]
-        ax.hist(samples[:, i], bins=50, density=True, color="C0", alpha=0.7, label="posterior")
+        # Zoom on the posterior (and the true value); the prior's range is written inside.
+        q_lo, q_hi = np.quantile(samples[:, i], [0.005, 0.995])
+        left, right = min(q_lo, true_theta[i]), max(q_hi, true_theta[i])
+        pad = 0.15 * (right - left) or 1e-6
+        left, right = max(left - pad, lo[i]), min(right + pad, hi[i])
+        ax.hist(samples[:, i], bins=np.linspace(left, right, 50), density=True, color="C0",
+                alpha=0.7, label="posterior")
         ax.axvline(true_theta[i], color="C3", lw=2, label="true value")
-        if np.isfinite(lo[i]) and np.isfinite(hi[i]):
-            ax.set_xlim(lo[i], hi[i])
+        ax.set_xlim(left, right)
+        ax.text(0.02, 0.97, f"prior: [{lo[i]:.3g}, {hi[i]:.3g}]", transform=ax.transAxes,
+                fontsize=7, va="top", color="0.3")
         unit = task.units.get(name, "") if hasattr(task, "units") else ""
         ax.set(title=f"p({name} | recording)", xlabel=f"{name} {unit}".strip(), yticks=[])
     axes[1].legend(fontsize=8, loc="upper right")
@@ -105,7 +112,7 @@ def calibration_checks(posterior, theta, x, *, key, out, num_samples: int = 200,
               "coverage_max_abs_deviation": cov.max_deviation,
               "mean_abs_zscore": abs_z.tolist(), "mean_shrinkage": shrink.tolist()}
     result["lines"] = [
-        f"calibration on {m} held-out simulations: SBC uniformity p-values "
+        f"calibration on {m} held-out simulations: SBC rank uniformity (chi-square) p-values "
         + ", ".join(f"{nm}={p:.2f}" for nm, p in zip(names, sbc_p))
         + f"; expected coverage max |deviation| {cov.max_deviation:.3f}",
         "mean |z-score| / shrinkage per parameter: "
@@ -137,8 +144,8 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
     k_bank, k_fit, k_obs, k_post, k_cal = jax.random.split(jax.random.key(seed), 5)
 
     t0 = time.perf_counter()
-    bank = bmsbi.simulate_bank(task.simulator, task.prior, n, key=k_bank, progress=not quiet,
-                               path=out / "bank")
+    # task.bank records the summary pipeline, so the posterior takes raw recordings.
+    bank = task.bank(n, k_bank, progress=not quiet, path=out / "bank")
     timings["simulate"] = time.perf_counter() - t0
 
     # Hold out 10 % of the bank for calibration checks; train on the rest.
@@ -151,10 +158,11 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
     # A held-out synthetic recording at the task's reference parameters.
     true_theta = np.asarray(task.true_theta, dtype=np.float32)
     recording = np.asarray(task.observe(true_theta, k_obs))
-    x_obs = np.asarray(task.summary(recording))
+    np.save(out / "recording.npy", recording)
     t0 = time.perf_counter()
-    samples = np.asarray(posterior.sample(k_post, x_obs, 10_000))
+    result = posterior.infer(k_post, recording, 10_000)  # raw (time, regions) recording
     timings["sample_10k"] = time.perf_counter() - t0
+    samples, x_obs = result.samples[0], result.x[0]
     _plot_recording_and_posterior(task, recording, samples, true_theta, out / "posterior.png")
     _plot_history(posterior.history, out / "training.png")
 
@@ -173,6 +181,7 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
         "epochs": posterior.history.epochs, "best_val_loss": round(float(posterior.history.best_val_loss), 4),
         "true_theta": true_theta.tolist(), "posterior_mean": mean.tolist(), "posterior_sd": sd.tolist(),
         "z_score": ((mean - true_theta) / sd).tolist(),
+        "ood_score": float(result.ood_score[0]), "ood_flagged": bool(result.flagged[0]),
         **{k: v for k, v in cal.items() if k != "lines"},
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
@@ -181,13 +190,18 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
              f"bank: {n} simulations ({report['num_invalid']} invalid) in {timings['simulate']:.1f} s",
              f"NPE: {report['epochs']} epochs in {timings['train']:.1f} s "
              f"(best validation loss {report['best_val_loss']})",
-             f"10,000 posterior samples in {timings['sample_10k'] * 1e3:.0f} ms (first call, compilation included)",
-             "held-out recording, posterior mean ± sd vs true value:"]
+             f"10,000 posterior samples from the raw recording in {timings['sample_10k'] * 1e3:.0f} ms "
+             "(first call: summaries, out-of-distribution check and compilation included)",
+             f"held-out recording (recording.npy), out-of-distribution score {report['ood_score']:.2f} "
+             f"({'FLAGGED' if report['ood_flagged'] else 'like the simulations'}; > 1 is flagged); "
+             "posterior mean ± sd vs true value:"]
     for i, name in enumerate(task.prior.names):
         lines.append(f"  {name:8s} {mean[i]: .4g} ± {sd[i]:.3g}   (true {true_theta[i]:.4g}, "
                      f"z = {report['z_score'][i]:+.2f})")
     lines += cal["lines"]
     lines.append(f"files: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    lines.append(f"next: bmsbi infer {out / 'posterior.bmsbi'} {out / 'recording.npy'}  "
+                 "(any .npy/.csv recordings of shape (time, regions))")
     (out / "report.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return report

@@ -110,7 +110,7 @@ def plot_sbc_ecdf(ranks, num_samples: int, *, names=None, confidence: float = 0.
                 label="ECDF − uniform")
         ax.axhline(0.0, color="0.4", lw=0.7)
         ax.set_xlim(0, 1)
-        ptxt = "p < 0.001" if pvals[j] < 0.001 else f"p = {pvals[j]:.2g}"
+        ptxt = "ECDF test p < 0.001" if pvals[j] < 0.001 else f"ECDF test p = {pvals[j]:.2g}"
         ax.set_title(f"{names[j]}  ({ptxt})", fontsize=10)
         ax.set_xlabel("fractional rank")
         if j % 4 == 0:
