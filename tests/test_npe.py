@@ -215,3 +215,25 @@ def test_gaussian_linear_10d_at_10k():
         assert np.all(np.abs(s.mean(0) - mean) < 0.1 * sd)
         ref = mean + sd * rng.normal(size=(10000, 10))
         assert c2st(ref, s) <= 0.56
+
+
+@pytest.mark.parametrize("estimator", ["nsf", "maf"])
+def test_linear_gaussian_init_is_the_least_squares_gaussian(estimator):
+    # Before any training the flow is N(A x + b, diag(sd^2)) from least squares.
+    from bmsbi.estimators.npe import build_flow, linear_gaussian_init
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 3))
+    theta = x @ np.array([[0.5, -1.0], [0.0, 0.3], [2.0, 0.0]]) + [0.2, -0.1] \
+        + [0.3, 0.7] * rng.normal(size=(4000, 2))
+    flow = build_flow(estimator, 2, 3, hidden=8, num_layers=2, num_bins=4, tail_bound=3.0,
+                      nn_depth=1, key=jax.random.key(0), conditional_affine=True)
+    flow = linear_gaussian_init(flow, theta, x, ridge=0.0)
+    design = np.c_[x, np.ones(len(x))]
+    coef = np.linalg.lstsq(design, theta, rcond=None)[0]
+    sd = (theta - design @ coef).std(0)
+    x_new, t_new = np.array([0.4, -1.0, 0.2]), np.array([0.1, 0.5])
+    mean = np.r_[x_new, 1.0] @ coef
+    exact = np.sum(-0.5 * ((t_new - mean) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi))
+    lp = float(flow.log_prob(jnp.asarray(t_new, jnp.float32), jnp.asarray(x_new, jnp.float32)))
+    assert lp == pytest.approx(exact, abs=1e-3)
