@@ -88,7 +88,8 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
                      recording_shape=None):
     """Shared ``fit`` of NLE and NRE: standardise, train ``build_model(...)`` on ``loss``.
 
-    ``build_model(key, dim, x_shape)`` returns a fresh model; ``loss(model, static,
+    ``build_model(key, dim, x_shape, data)`` returns a fresh model (``data``: the
+    standardised ``(s_theta, x_std)`` it will be trained on, for data-based starts); ``loss(model, static,
     (s_theta, x_std), key)`` its minibatch loss. Returns an :class:`MCMCPosterior`;
     ``summary``/``recording_shape`` as in :meth:`bmsbi.NPE.fit`.
     """
@@ -105,7 +106,7 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
     s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
     x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
     k_model, k_fit = jax.random.split(key)
-    model = build_model(k_model, prior.dim, x_shape)
+    model = build_model(k_model, prior.dim, x_shape, (s_theta, x_std))
     t = estimator.training_config()
     model, history = engine.fit(
         model, loss, (s_theta, x_std), key=k_fit, learning_rate=t["learning_rate"],

@@ -23,7 +23,7 @@ import numpy as np
 import paramax
 
 from .mcmc_posterior import MCMCPosterior, UnnormalisedEstimator, fit_unnormalised
-from .npe import build_flow
+from .npe import build_flow, linear_gaussian_init
 
 __all__ = ["NLE"]
 
@@ -57,9 +57,17 @@ class NLE(UnnormalisedEstimator):
         vs 0.35 nats), which overfits; sbi defaults to MAF for NLE as well.
     hidden, num_layers, num_bins, tail_bound, nn_depth :
         Flow architecture, as in :class:`bmsbi.NPE`.
+    linear_init : bool, default True
+        Start the likelihood flow at the least-squares linear-Gaussian likelihood
+        ``x | theta ~ N(A theta + b, diag(sd^2))`` (a conditional affine map on the data
+        side, :func:`bmsbi.estimators.npe.linear_gaussian_init` with the roles of
+        ``theta`` and ``x`` swapped); the network learns what departs from it. Not used
+        for one-dimensional ``x`` (``"maf_rqs"``).
     learning_rate, batch_size, max_epochs, patience, validation_fraction, clip_norm,
     weight_decay, schedule :
-        Passed to :func:`bmsbi.engine.fit`.
+        Passed to :func:`bmsbi.engine.fit`. The default ``"warmup_cosine"`` leaves the
+        linear-Gaussian start intact through the first steps (10-D Gaussian-linear,
+        10k simulations: max posterior-mean error 0.075 sd vs 0.124 with ``"cosine"``).
     num_chains, num_warmup, thin :
         NUTS settings of the returned posterior (chains per observation).
 
@@ -88,10 +96,11 @@ class NLE(UnnormalisedEstimator):
     validation_fraction: float = 0.1
     clip_norm: float | None = 5.0
     weight_decay: float = 0.0
-    schedule: str | None = "cosine"
+    schedule: str | None = "warmup_cosine"
     num_chains: int = 4
     num_warmup: int = 300
     thin: int = 1
+    linear_init: bool = True
 
     def __post_init__(self):
         if self.density_estimator not in ("nsf", "maf", "maf_rqs"):
@@ -104,7 +113,7 @@ class NLE(UnnormalisedEstimator):
         return {"estimator": "NLE", "density_estimator": self.density_estimator,
                 "hidden": int(self.hidden), "num_layers": int(self.num_layers),
                 "num_bins": int(self.num_bins), "tail_bound": float(self.tail_bound),
-                "nn_depth": int(self.nn_depth)}
+                "nn_depth": int(self.nn_depth), "linear_init": bool(self.linear_init)}
 
     def fit(self, bank, *, prior, key, progress: bool = True, summary=None,
             recording_shape=None) -> MCMCPosterior:
@@ -114,16 +123,20 @@ class NLE(UnnormalisedEstimator):
         """
         config = self.config()
         return fit_unnormalised(self, bank, prior, key,
-                                lambda k, d, xs: _build(config, d, xs, k), _nll, progress,
+                                lambda k, d, xs, data: _build(config, d, xs, k, data), _nll, progress,
                                 summary=summary, recording_shape=recording_shape)
 
 
-def _build(config, dim, x_shape, key):
+def _build(config, dim, x_shape, key, data=None):
     dx = math.prod(x_shape)
     family = config["density_estimator"] if dx > 1 else "maf_rqs"
+    linear = bool(config.get("linear_init", False))  # files from before the option: False
     flow = build_flow(family, dx, dim, hidden=config["hidden"], num_layers=config["num_layers"],
                       num_bins=config["num_bins"], tail_bound=config["tail_bound"],
-                      nn_depth=config["nn_depth"], key=key)
+                      nn_depth=config["nn_depth"], key=key, conditional_affine=linear)
+    if linear and data is not None:
+        s_theta, x_std = data  # the likelihood's linear-Gaussian fit: x on theta
+        flow = linear_gaussian_init(flow, np.asarray(x_std).reshape(len(x_std), -1), s_theta)
     return LikelihoodModel(flow)
 
 

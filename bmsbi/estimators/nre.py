@@ -19,6 +19,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import paramax
 
 from .mcmc_posterior import MCMCPosterior, UnnormalisedEstimator, fit_unnormalised
@@ -38,12 +39,16 @@ class RatioModel(eqx.Module):
 
     mlp: eqx.nn.MLP
     bilinear: jax.Array | None = None
+    quadratic: jax.Array | None = None   # (d, d): theta^T Q theta
+    linear: jax.Array | None = None      # (d,): c^T theta
 
     def log_ratio(self, s_theta, x_std):
         x = x_std.reshape(-1)
         out = self.mlp(jnp.concatenate([s_theta, x]))[0]
         if self.bilinear is not None:
             out = out + s_theta @ self.bilinear @ x
+        if self.quadratic is not None:
+            out = out + s_theta @ self.quadratic @ s_theta + self.linear @ s_theta
         return out
 
 
@@ -59,6 +64,11 @@ class NRE(UnnormalisedEstimator):
         Hidden layers.
     num_contrastive : int, default 1
         Shuffled (independent) pairs per joint pair in each minibatch.
+    linear_init : bool, default True
+        Add ``theta^T W x + theta^T Q theta + c^T theta`` to the logit and start it at
+        the log ratio of the least-squares linear-Gaussian likelihood (the MLP's output
+        layer starts at zero); training learns what departs from it. Implies the
+        bilinear term.
     bilinear : bool, default True
         Add a learned bilinear term ``theta^T W x`` to the classifier's logit (see
         :class:`RatioModel`).
@@ -84,6 +94,7 @@ class NRE(UnnormalisedEstimator):
     nn_depth: int = 3
     num_contrastive: int = 1
     bilinear: bool = True
+    linear_init: bool = True
     learning_rate: float = 1e-3
     batch_size: int = 256
     max_epochs: int = 300
@@ -102,7 +113,8 @@ class NRE(UnnormalisedEstimator):
 
     def config(self) -> dict:
         return {"estimator": "NRE", "hidden": int(self.hidden), "nn_depth": int(self.nn_depth),
-                "num_contrastive": int(self.num_contrastive), "bilinear": bool(self.bilinear)}
+                "num_contrastive": int(self.num_contrastive), "bilinear": bool(self.bilinear),
+                "linear_init": bool(self.linear_init)}
 
     def fit(self, bank, *, prior, key, progress: bool = True, summary=None,
             recording_shape=None) -> MCMCPosterior:
@@ -116,14 +128,42 @@ class NRE(UnnormalisedEstimator):
             return _bce(model, batch, key, config["num_contrastive"])
 
         return fit_unnormalised(self, bank, prior, key,
-                                lambda k, d, xs: _build(config, d, xs, k), loss, progress,
+                                lambda k, d, xs, data: _build(config, d, xs, k, data), loss, progress,
                                 summary=summary, recording_shape=recording_shape)
 
 
-def _build(config, dim, x_shape, key):
+def _build(config, dim, x_shape, key, data=None):
     dx = math.prod(x_shape)
     mlp = eqx.nn.MLP(dim + dx, 1, config["hidden"], config["nn_depth"], activation=jax.nn.silu, key=key)
-    return RatioModel(mlp, jnp.zeros((dim, dx)) if config.get("bilinear", False) else None)
+    if not config.get("linear_init", False):  # files from before the option
+        return RatioModel(mlp, jnp.zeros((dim, dx)) if config.get("bilinear", False) else None)
+    W, Q, c = np.zeros((dim, dx)), np.zeros((dim, dim)), np.zeros(dim)
+    if data is not None:
+        W, Q, c = _gaussian_log_ratio(*data)
+        mlp = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp,
+                          replace_fn=jnp.zeros_like)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    return RatioModel(mlp, f32(W), f32(Q), f32(c))
+
+
+def _gaussian_log_ratio(s_theta, x_std, ridge: float = 1e-3):
+    """θ-dependent terms of the log ratio of the least-squares linear-Gaussian likelihood.
+
+    Fits ``x ≈ A theta + b`` with residual covariance ``S``; then ``log N(x; A theta + b, S)``
+    equals ``theta^T W x + theta^T Q theta + c^T theta`` plus terms in ``x`` alone, with
+    ``W = A^T S^-1``, ``Q = -A^T S^-1 A / 2``, ``c = -A^T S^-1 b``.
+    """
+    s_theta = np.asarray(s_theta, np.float64)
+    x = np.asarray(x_std, np.float64).reshape(len(s_theta), -1)
+    n, d = s_theta.shape
+    design = np.concatenate([s_theta, np.ones((n, 1))], axis=1)
+    gram = design.T @ design + ridge * n * np.diag(np.r_[np.ones(d), 0.0])
+    coef = np.linalg.solve(gram, design.T @ x)              # (d + 1, dx)
+    A, b = coef[:-1].T, coef[-1]
+    resid = x - design @ coef
+    S = resid.T @ resid / n + 1e-6 * np.eye(x.shape[1])
+    AtSinv = np.linalg.solve(S, A).T                          # A^T S^-1, (d, dx)
+    return AtSinv, -0.5 * AtSinv @ A, -AtSinv @ b
 
 
 def model_from_config(config: dict, dim: int, x_shape: tuple) -> RatioModel:
