@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import inspect
+import json
 import os
 import platform
 import subprocess
@@ -113,7 +114,7 @@ def _bmsbi_prior(task: bt.Task):
     )
 
 
-def run_bmsbi(task, theta, x, x_obs, num_samples, seed, timing=True) -> Outcome:
+def run_bmsbi(task, theta, x, x_obs, num_samples, seed, timing=True, npe_options=None) -> Outcome:
     import bmsbi
 
     missing = [n for n in ("NPE", "Bank", "Prior") if not hasattr(bmsbi, n)]
@@ -124,7 +125,7 @@ def run_bmsbi(task, theta, x, x_obs, num_samples, seed, timing=True) -> Outcome:
     key_fit, key_sample = jax.random.split(jax.random.key(seed + 1))
 
     bank = bmsbi.Bank(theta, x, names=task.names)
-    npe = bmsbi.NPE()
+    npe = bmsbi.NPE(**(npe_options or {}))
     quiet = {"progress": False} if "progress" in inspect.signature(npe.fit).parameters else {}
     t0 = time.perf_counter()
     posterior = npe.fit(bank, prior=prior, key=key_fit, **quiet)
@@ -247,7 +248,8 @@ def run_case(task_name, budget, args):
         print(f"[{task_name} n={budget}] {name} ...", file=sys.stderr, flush=True)
         try:
             if name == "bmsbi":
-                out = run_bmsbi(task, theta, x, x_obs, args.num_samples, args.seed, timing=not args.no_timing)
+                out = run_bmsbi(task, theta, x, x_obs, args.num_samples, args.seed, timing=not args.no_timing,
+                                npe_options=args.npe_options)
             elif name == "sbi":
                 out = run_sbi(
                     task, theta, x, x_obs, args.num_samples, args.seed, args.sbi_python, args.torch_threads
@@ -373,6 +375,8 @@ def parse_args(argv=None):
                    help="skip C2ST (costly in 10-D: minutes per observation on 2 cores)")
     p.add_argument("--no-timing", action="store_true", help="skip bmsbi's extra sampling timings")
     p.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    p.add_argument("--npe-options", type=json.loads, default=None,
+                   help='bmsbi.NPE settings as JSON, e.g. \'{"tail_bound": 5.0}\' (default: its defaults)')
     args = p.parse_args(argv)
     if args.quick:
         args.tasks, args.budgets = ["two_moons"], [1000]

@@ -233,8 +233,9 @@ def _schedule(lr, schedule, total_steps):
     if schedule == "cosine":
         return optax.cosine_decay_schedule(lr, total_steps, alpha=0.01)
     if schedule == "warmup_cosine":
-        warm = max(total_steps // 20, 1)
-        return optax.warmup_cosine_decay_schedule(lr / 10, lr, warm, total_steps, lr / 100)
+        warm = max(total_steps // 20, 1)  # a run of one step still has a step of decay
+        return optax.warmup_cosine_decay_schedule(lr / 10, lr, warm, max(total_steps, warm + 1),
+                                                  lr / 100)
     if schedule == "onecycle":
         return optax.cosine_onecycle_schedule(total_steps, lr)
     raise ValueError(

@@ -125,7 +125,7 @@ def test_diagnose_writes_plots_and_report(files, tmp_path, capsys):
     for name in ("sbc.png", "coverage.png", "zscore_shrinkage.png"):
         assert (tmp_path / "diag" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp_path / "diag" / "report.txt").read_text()
-    assert "SBC uniformity p-values" in report and "coverage" in report and "shrinkage" in report
+    assert "SBC rank uniformity (chi-square) p-values" in report and "coverage" in report and "shrinkage" in report
     assert report.strip() in out
     data = json.loads((tmp_path / "diag" / "report.json").read_text())
     assert data["num_calibration"] == 60 and len(data["sbc_p_values"]) == 3

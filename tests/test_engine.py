@@ -94,6 +94,17 @@ def test_no_validation_returns_last_and_schedule():
     np.testing.assert_allclose(params["w"], W_TRUE, atol=0.05)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "warmup_cosine", "onecycle"])
+def test_named_schedules_run_a_single_step(schedule):
+    # One epoch of one minibatch: every named schedule must still give a finite step.
+    x, y = _regression(n=64)
+    params, hist = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), validation_fraction=0.0,
+                       learning_rate=1e-2, schedule=schedule, batch_size=64, max_epochs=1,
+                       progress=False)
+    assert hist.epochs == 1 and np.isfinite(hist.train_loss[0])
+    assert np.all(np.asarray(params["w"]) != 0.0)  # the step moved the weights
+
+
 def test_nonfinite_loss_stops_and_keeps_finite_params():
     x, y = _regression(n=512)
     x = x * 1e3  # with lr 10 and no clipping the iterates blow up
