@@ -50,6 +50,24 @@ SCHEMA_VERSION = 2
 _KIND = "posterior"
 # Samples processed together per observation chunk when sampling many observations.
 _SAMPLES_PER_CHUNK = 1 << 18
+# Rejection to a box prior's support: rounds of num_samples flow draws before giving up,
+# and flow draws per observation that estimate the accepted mass in log_prob.
+_MAX_REJECTION_ROUNDS = 100
+_ACCEPTANCE_DRAWS = 4096
+THETA_SPACES = ("auto", "unconstrained")
+
+
+def identity_mask(prior: Prior, theta_space: str) -> np.ndarray:
+    """Parameters a DirectPosterior's flow models in their own coordinates (``True``).
+
+    ``"unconstrained"``: none (every parameter through the prior's bijection);
+    ``"auto"``: the ``Uniform`` ones (the others through the bijection).
+    """
+    if theta_space == "unconstrained":
+        return np.zeros(prior.dim, bool)
+    if theta_space == "auto":
+        return np.array([type(d).__name__ == "Uniform" for d in prior.distributions.values()])
+    raise ValueError(f"theta_space: expected one of {THETA_SPACES}, got {theta_space!r}")
 
 
 def _as_int(value, arg, minimum=1):
@@ -456,11 +474,15 @@ class Posterior:
                                     float(learning_rate))
         return out if batched else out[0]
 
+    def _map_log_prob_batch(self, params, theta, x):
+        """``_log_prob_batch`` up to a constant per observation (what MAP search ascends)."""
+        return self._log_prob_batch(params, theta, x)
+
     def _map_batch(self, params, key, x, num_samples, num_steps, learning_rate):
         import optax
 
         draws = self._sample_batch(params, key, x, num_samples)           # (m, n, d)
-        lp = self._log_prob_batch(params, draws, x)                        # (m, n)
+        lp = self._map_log_prob_batch(params, draws, x)                    # (m, n)
         best = jnp.take_along_axis(draws, jnp.argmax(lp, axis=1)[:, None, None], axis=1)[:, 0]
         if num_steps == 0:
             return best
@@ -469,8 +491,8 @@ class Posterior:
 
         def one(theta0, xi):
             def neg(z):
-                return -self._log_prob_batch(params, prior.from_unconstrained(z)[None, None],
-                                             xi[None])[0, 0]
+                return -self._map_log_prob_batch(params, prior.from_unconstrained(z)[None, None],
+                                                 xi[None])[0, 0]
 
             def step(carry, _):
                 z, st = carry
@@ -642,8 +664,16 @@ class DirectPosterior(Posterior):
     """Posterior whose samples come straight from a conditional flow (NPE).
 
     ``model`` is a :class:`bmsbi.estimators.npe.NPEModel` over the standardised
-    unconstrained parameters; ``stats`` holds ``theta_mean``/``theta_std`` (unconstrained
+    parameters in the flow's space (``config["theta_space"]``, :func:`identity_mask`:
+    the prior's unconstrained coordinates, except that with ``"auto"`` ``Uniform``
+    parameters keep their own); ``stats`` holds ``theta_mean``/``theta_std`` (that
     space, ``(d,)``) and ``x_mean``/``x_std`` (``x_shape``).
+
+    Where the flow models a bounded parameter in its own coordinates, draws outside the
+    prior's box are rejected and drawn again (up to 100 rounds of ``num_samples``
+    draws; slots still empty then, which needs an accepted fraction under about 1 %,
+    hold draws clipped to the box), and :meth:`log_prob` divides by the accepted mass,
+    estimated from 4,096 flow draws per observation with a fixed key.
     """
 
     def __init__(self, model, *, prior, x_shape, stats: dict, config: dict,
@@ -654,6 +684,7 @@ class DirectPosterior(Posterior):
         self.stats = {k: np.asarray(stats[k], np.float32)
                       for k in ("theta_mean", "theta_std", "x_mean", "x_std")}
         self._arrays, self._rest = eqx.partition(paramax.unwrap(model), eqx.is_array)
+        self._identity = identity_mask(self.prior, self.config.get("theta_space", "unconstrained"))
 
     def _params(self):
         return (self._arrays, {k: jnp.asarray(v) for k, v in self.stats.items()})
@@ -664,28 +695,100 @@ class DirectPosterior(Posterior):
         cond = jax.vmap(model.condition)((x - stats["x_mean"]) / stats["x_std"])
         return model, stats, cond
 
+    def _from_flow(self, z):
+        """Parameters from the flow's (unstandardised) coordinates ``z``."""
+        theta = self.prior.from_unconstrained(z)
+        return jnp.where(self._identity, z, theta) if self._identity.any() else theta
+
+    def _to_flow(self, theta):
+        """``(z, log |d theta / d z|)`` for ``theta`` inside the support."""
+        if not self._identity.any():
+            z = self.prior.to_unconstrained(theta)
+            return z, self.prior.log_det_jacobian(z)
+        log_det = 0.0
+        zs = []
+        for i, t in enumerate(self.prior._transforms):
+            if self._identity[i]:
+                zs.append(theta[..., i])
+            else:
+                zi = t.inv(theta[..., i])
+                log_det = log_det + t.log_abs_det_jacobian(zi, t(zi))
+                zs.append(zi)
+        return jnp.stack(zs, axis=-1), log_det
+
+    def _flow_draws(self, model, stats, key, c, n):
+        """``n`` flow draws for condition ``c``, mapped to parameters, and their in-support mask."""
+        s = model.flow.sample(key, (n,), condition=c)
+        theta = self._from_flow(s * stats["theta_std"] + stats["theta_mean"])
+        return theta, self.prior.in_support(theta)
+
     def _sample_batch(self, params, key, x, num_samples):
         model, stats, cond = self._unpack(params, x)
         keys = jax.random.split(key, x.shape[0])
         chunk = max(1, min(x.shape[0], _SAMPLES_PER_CHUNK // num_samples))
+        if not self._identity.any():
+            def one(args):
+                k, c = args
+                s = model.flow.sample(k, (num_samples,), condition=c)
+                z = s * stats["theta_std"] + stats["theta_mean"]
+                return self.prior.from_unconstrained(z)
+
+            return jax.lax.map(one, (keys, cond), batch_size=chunk)
+
+        low, high = (jnp.asarray(b, jnp.float32) for b in self.prior.bounds())
+
+        def place(buf, count, theta, ok):  # accepted draws into the next free slots
+            idx = jnp.where(ok, count + jnp.cumsum(ok) - 1, num_samples)
+            return buf.at[idx].set(theta, mode="drop"), count + jnp.sum(ok)
 
         def one(args):
             k, c = args
-            s = model.flow.sample(k, (num_samples,), condition=c)
-            z = s * stats["theta_std"] + stats["theta_mean"]
-            return self.prior.from_unconstrained(z)
+            k0, k = jax.random.split(k)
+            theta, ok = self._flow_draws(model, stats, k0, c, num_samples)
+            buf, count = place(jnp.clip(theta, low, high), 0, theta, ok)
+
+            def body(state):
+                buf, count, rounds, k = state
+                k, sub = jax.random.split(k)
+                theta, ok = self._flow_draws(model, stats, sub, c, num_samples)
+                buf, count = place(buf, count, theta, ok)
+                return buf, count, rounds + 1, k
+
+            def more(state):
+                return (state[1] < num_samples) & (state[2] < _MAX_REJECTION_ROUNDS)
+
+            return jax.lax.while_loop(more, body, (buf, count, 1, k))[0]
 
         return jax.lax.map(one, (keys, cond), batch_size=chunk)
 
-    def _log_prob_batch(self, params, theta, x):
+    def _log_acceptance(self, model, stats, cond):
+        """Log of the flow's mass inside the prior's support, per condition ``(m,)``."""
+        key = jax.random.key(0)
+
+        def one(c):
+            _, ok = self._flow_draws(model, stats, key, c, _ACCEPTANCE_DRAWS)
+            return jnp.log(jnp.maximum(jnp.mean(ok), 1.0 / _ACCEPTANCE_DRAWS))
+
+        return jax.lax.map(one, cond)
+
+    def _unnormalized_log_prob(self, params, theta, x):
         model, stats, cond = self._unpack(params, x)
         inside = self.prior.in_support(theta.reshape(-1, self.dim)).reshape(theta.shape[:-1])
         safe = jnp.where(inside[..., None], theta, self.prior.from_unconstrained(jnp.zeros(self.dim)))
-        z = self.prior.to_unconstrained(safe)
+        z, log_det = self._to_flow(safe)
         s = (z - stats["theta_mean"]) / stats["theta_std"]
         lp = model.flow.log_prob(s, cond[:, None, :])
-        lp = lp - jnp.sum(jnp.log(stats["theta_std"])) - self.prior.log_det_jacobian(z)
-        return jnp.where(inside & jnp.isfinite(lp), lp, -jnp.inf)
+        lp = lp - jnp.sum(jnp.log(stats["theta_std"])) - log_det
+        return jnp.where(inside & jnp.isfinite(lp), lp, -jnp.inf), (model, stats, cond)
+
+    def _log_prob_batch(self, params, theta, x):
+        lp, (model, stats, cond) = self._unnormalized_log_prob(params, theta, x)
+        if self._identity.any():
+            lp = lp - self._log_acceptance(model, stats, cond)[:, None]
+        return lp
+
+    def _map_log_prob_batch(self, params, theta, x):
+        return self._unnormalized_log_prob(params, theta, x)[0]
 
     def _payload(self):
         buf = _stdio.BytesIO()

@@ -5,11 +5,13 @@ prior, which makes it an amortized posterior: after one training run it returns
 posterior samples for any new observation in milliseconds.
 
 Spaces. ``theta`` is first mapped to the prior's unconstrained space (numpyro's
-``biject_to``; a logit for a Uniform, a log for a positive scale) and z-scored with the
-training-set mean and standard deviation; ``x`` is z-scored likewise. The flow lives in
-that standardised space. Samples are mapped back through the bijection, so every
-sample lies inside the prior's support and no rejection step is needed; densities
-include the Jacobians of both maps.
+``biject_to``; a log for a positive scale), except that by default
+(``theta_space="auto"``) parameters with a ``Uniform`` prior keep their own
+coordinates, and z-scored with the training-set mean and standard deviation; ``x`` is
+z-scored likewise. The flow lives in that standardised space. Samples are mapped back
+through the bijection, and draws outside a Uniform parameter's bounds are rejected
+and drawn again, so every sample lies inside the prior's support; densities include
+the Jacobians of both maps and, with rejection, the flow's mass inside the support.
 
 References
 ----------
@@ -40,7 +42,7 @@ from flowjax.flows import masked_autoregressive_flow
 from .. import engine
 from .._checks import as_key
 from ..embeddings import Embedding, embedding_from_config
-from ..posterior import DirectPosterior, check_bank_prior
+from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identity_mask
 
 __all__ = ["NPE", "build_flow", "SplineCouplingStack", "ConditionalAffine",
            "linear_gaussian_init"]
@@ -384,11 +386,13 @@ class NPE:
 
     The defaults were chosen by measurement on the sbibm two-moons task at 10,000
     simulations (observations 1-10 of ``benchmarks/tasks.py``, one bank): C2ST
-    0.583 against the exact posterior with ``"warmup_cosine"`` and 16 bins, against
-    0.593 with the former ``"cosine"`` and 10 bins, in 13-20 s on a shared 2-core
-    machine, compilation included (sbi 0.27's NPE on the same bank: see
-    ``benchmarks/RESULTS.md``). Wider or deeper conditioners and longer runs lowered
-    the validation loss a little further (C2ST 0.575 at twice the fit time).
+    0.559 against the exact posterior with the box prior's parameters modelled in
+    their own coordinates (``theta_space="auto"``), 0.583 through the logit
+    (``"unconstrained"``, the former default), 0.593 with the former ``"cosine"``
+    schedule and 10 bins; fits take 13-20 s on a shared 2-core machine, compilation
+    included (sbi 0.27's NPE on the same bank: see ``benchmarks/RESULTS.md``).
+    ``nn_depth=2`` gave C2ST 0.554 at about 2 s more (within the spread of training
+    seeds, so not the default).
 
     Before training, the flow's conditional affine map is set to the least-squares
     linear-Gaussian posterior (``linear_init``, :func:`linear_gaussian_init`), so
@@ -441,6 +445,15 @@ class NPE:
     linear_init : bool, default True
         Start the conditional affine map at the least-squares linear-Gaussian posterior
         (:func:`linear_gaussian_init`; without an embedding, for ``"nsf"`` and ``"maf"``).
+    theta_space : {"auto", "unconstrained"}, default "auto"
+        Coordinates of ``theta`` the flow models (z-scored). ``"unconstrained"``: every
+        parameter through the prior's bijection to the real line (a logit for a
+        Uniform). ``"auto"``: ``Uniform`` parameters keep their own coordinates and
+        draws outside the prior's box are rejected (the posterior then divides its
+        density by the accepted mass; :class:`bmsbi.posterior.DirectPosterior`); the
+        other parameters go through the bijection. On two-moons the logit warps the
+        thin crescents and piles draws along the box's edges: C2ST 0.583 with
+        ``"unconstrained"``, 0.559 with ``"auto"`` (same bank, 10 observations).
 
     Examples
     --------
@@ -471,6 +484,7 @@ class NPE:
     clip_norm: float | None = 5.0
     weight_decay: float = 0.0
     linear_init: bool = True
+    theta_space: str = "auto"
 
     def __post_init__(self):
         if self.density_estimator not in _ESTIMATORS:
@@ -488,6 +502,8 @@ class NPE:
             raise ValueError(
                 "embedding: expected a bmsbi.embeddings.Embedding (e.g. CNN1DEmbedding(...)), "
                 f"got {type(self.embedding).__name__}")
+        if self.theta_space not in THETA_SPACES:
+            raise ValueError(f"theta_space: expected one of {THETA_SPACES}, got {self.theta_space!r}")
         if self.z_score_x not in ("auto", "independent", "structured", "none"):
             raise ValueError(f"z_score_x: expected 'auto', 'independent', 'structured' or 'none', "
                              f"got {self.z_score_x!r}")
@@ -498,6 +514,7 @@ class NPE:
                 "hidden": int(self.hidden), "num_layers": int(self.num_layers),
                 "num_bins": int(self.num_bins), "tail_bound": float(self.tail_bound),
                 "nn_depth": int(self.nn_depth), "z_score_x": self.z_score_x,
+                "theta_space": self.theta_space,
                 "embedding": None if self.embedding is None else self.embedding.config(),
                 **({"conditional_affine": True} if self.density_estimator == "maf" else {})}
 
@@ -535,6 +552,9 @@ class NPE:
                 f"shape {x_shape}; build the embedding with in_shape={x_shape}")
 
         z = np.asarray(jax.jit(prior.to_unconstrained)(theta), dtype=np.float64)
+        identity = identity_mask(prior, self.theta_space)
+        if identity.any():  # these parameters keep their own coordinates
+            z = np.where(identity, np.asarray(theta, np.float64), z)
         stats = standardisation(z, x, self._z_mode(x_shape))
         s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
         x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
