@@ -268,6 +268,7 @@ class Posterior:
         num_samples = _as_int(num_samples, "num_samples")
         x, batched = self._observations(x_obs, warn_ood=True)
         out = self._compiled("sample")(self._params(), key, jnp.asarray(x), num_samples)
+        self._check_draws(out, num_samples)
         return out if batched else out[0]
 
     # ------------------------------------------------------ recordings and OOD
@@ -415,6 +416,7 @@ class Posterior:
         samples = np.full((len(x), num_samples, self.dim), np.nan, np.float32)
         if finite.any():
             got = self._compiled("sample")(self._params(), key, jnp.asarray(x[finite]), num_samples)
+            self._check_draws(got, num_samples)
             samples[finite] = np.asarray(got)
         if flagged.any():
             warnings.warn(_ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=2)
@@ -473,6 +475,9 @@ class Posterior:
         out = self._compiled("map")(self._params(), key, jnp.asarray(x), num_samples, num_steps,
                                     float(learning_rate))
         return out if batched else out[0]
+
+    def _check_draws(self, out, num_samples):
+        """Hook after sampling (``out``: ``(m, num_samples, d)``), e.g. to warn; no-op here."""
 
     def _map_log_prob_batch(self, params, theta, x):
         """``_log_prob_batch`` up to a constant per observation (what MAP search ascends)."""
@@ -672,8 +677,9 @@ class DirectPosterior(Posterior):
     Where the flow models a bounded parameter in its own coordinates, draws outside the
     prior's box are rejected and drawn again (up to 100 rounds of ``num_samples``
     draws; slots still empty then, which needs an accepted fraction under about 1 %,
-    hold draws clipped to the box), and :meth:`log_prob` divides by the accepted mass,
-    estimated from 4,096 flow draws per observation with a fixed key.
+    hold draws clipped to the box, and ``sample``/``infer`` warn), and :meth:`log_prob`
+    divides by the accepted mass, estimated from 4,096 flow draws per observation with
+    a fixed key.
     """
 
     def __init__(self, model, *, prior, x_shape, stats: dict, config: dict,
@@ -760,6 +766,20 @@ class DirectPosterior(Posterior):
             return jax.lax.while_loop(more, body, (buf, count, 1, k))[0]
 
         return jax.lax.map(one, (keys, cond), batch_size=chunk)
+
+    def _check_draws(self, out, num_samples):
+        if self._identity.any():  # the rejection fallback puts draws exactly on the bounds
+            low, high = (np.asarray(b, np.float32)[self._identity] for b in self.prior.bounds())
+            sub = jnp.asarray(out)[..., np.flatnonzero(self._identity)]
+            on_bound = jnp.any((sub == low) | (sub == high), axis=-1).reshape(-1, num_samples)
+            frac = float(jnp.max(jnp.mean(on_bound, axis=-1)))
+            if frac >= 0.01:
+                warnings.warn(
+                    f"{100 * frac:.0f} % of the draws for an observation lie exactly on the prior's "
+                    f"bounds: fewer than 1 % of the flow's draws fell inside the prior's box in "
+                    f"{_MAX_REJECTION_ROUNDS} rounds and the rest were clipped to it (an observation "
+                    "far from the training simulations?); these draws are not posterior samples",
+                    stacklevel=3)
 
     def _log_acceptance(self, model, stats, cond):
         """Log of the flow's mass inside the prior's support, per condition ``(m,)``."""
