@@ -24,7 +24,6 @@ References
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import equinox as eqx
 import jax
