@@ -81,15 +81,18 @@ def test_map_finds_the_mode(gl2):
     np.testing.assert_allclose(found, mean, atol=0.15 * sd)
 
 
-@pytest.fixture(scope="module")
-def box():
-    # Narrow box with the likelihood piling mass on its edge: a logit-free flow would leak.
+@pytest.fixture(scope="module", params=["auto", "unconstrained"])
+def box(request):
+    # Narrow box with the likelihood piling mass on its edge. "auto" (default): the flow
+    # models the Uniform parameters in their own coordinates and rejects draws outside
+    # the box, dividing its density by the mass inside; "unconstrained": through a logit.
     prior = bmsbi.Prior.uniform([0.0, -1.0], [1.0, 1.0], names=["g", "h"])
     theta = np.asarray(prior.sample(jax.random.key(0), 3000))
     x = theta + 0.3 * np.random.default_rng(0).normal(size=theta.shape)
     bank = bmsbi.Bank(theta, x.astype(np.float32), names=prior.names)
-    post = NPE(hidden=16, num_layers=3, max_epochs=30).fit(
+    post = NPE(hidden=16, num_layers=3, max_epochs=30, theta_space=request.param).fit(
         bank, prior=prior, key=jax.random.key(3), progress=False)
+    assert post.config["theta_space"] == request.param
     return prior, post
 
 
@@ -113,7 +116,8 @@ def test_log_prob_outside_support_is_minus_inf_never_nan(box):
 
 
 def test_density_integrates_to_one_over_the_box(box):
-    # Checks the Jacobians (logit map + z-scoring) in log_prob.
+    # Checks the Jacobians (logit map or none, z-scoring) and, with rejection, the
+    # division by the flow's mass inside the box (x_obs = (1.2, 0.95) sits past a corner).
     prior, post = box
     g = (np.arange(200) + 0.5) / 200
     h = -1 + 2 * (np.arange(200) + 0.5) / 200
@@ -168,6 +172,8 @@ def test_bad_estimator_arguments():
         NPE(hidden=0)
     with pytest.raises(ValueError, match="embedding"):
         NPE(embedding="cnn")
+    with pytest.raises(ValueError, match="theta_space"):
+        NPE(theta_space="constrained")
 
 
 @pytest.mark.parametrize("make", [
