@@ -1,6 +1,7 @@
 """NPE: analytic Gaussian posteriors recovered, samples inside the support, densities
 normalised, shapes and bad inputs."""
 
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +104,25 @@ def test_samples_stay_inside_uniform_support(box):
     assert s.shape == (3, 5000, 2)
     assert np.asarray(prior.in_support(s.reshape(-1, 2))).all()
     assert s[0, :, 0].mean() > 0.6  # the edge case is actually pushing against the bound
+
+
+def test_rejection_that_gives_up_clips_and_warns(box):
+    # An observation far outside the bank: the flow puts (almost) no mass inside the box,
+    # so the draws left after 100 rejection rounds are clipped to it, with a warning.
+    # Through the logit ("unconstrained") every draw maps into the box: no warning.
+    prior, post = box
+    far = np.array([40.0, -40.0], np.float32)
+    if post.config["theta_space"] == "auto":
+        with pytest.warns(UserWarning, match="lie exactly on the prior's bounds"):
+            s = np.asarray(post.sample(jax.random.key(6), far, 500))
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*prior's bounds")
+            s = np.asarray(post.sample(jax.random.key(6), far, 500))
+    assert np.asarray(prior.in_support(s)).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an ordinary observation: no warning
+        post.sample(jax.random.key(6), np.array([0.5, 0.0], np.float32), 500)
 
 
 def test_log_prob_outside_support_is_minus_inf_never_nan(box):
