@@ -703,24 +703,12 @@ class DirectPosterior(Posterior):
 
     def _from_flow(self, z):
         """Parameters from the flow's (unstandardised) coordinates ``z``."""
-        theta = self.prior.from_unconstrained(z)
-        return jnp.where(self._identity, z, theta) if self._identity.any() else theta
+        return self.prior.from_unconstrained(z, keep=self._identity)
 
     def _to_flow(self, theta):
         """``(z, log |d theta / d z|)`` for ``theta`` inside the support."""
-        if not self._identity.any():
-            z = self.prior.to_unconstrained(theta)
-            return z, self.prior.log_det_jacobian(z)
-        log_det = 0.0
-        zs = []
-        for i, t in enumerate(self.prior._transforms):
-            if self._identity[i]:
-                zs.append(theta[..., i])
-            else:
-                zi = t.inv(theta[..., i])
-                log_det = log_det + t.log_abs_det_jacobian(zi, t(zi))
-                zs.append(zi)
-        return jnp.stack(zs, axis=-1), log_det
+        z = self.prior.to_unconstrained(theta, keep=self._identity)
+        return z, self.prior.log_det_jacobian(z, keep=self._identity)
 
     def _flow_draws(self, model, stats, key, c, n):
         """``n`` flow draws for condition ``c``, mapped to parameters, and their in-support mask."""
@@ -732,12 +720,9 @@ class DirectPosterior(Posterior):
         model, stats, cond = self._unpack(params, x)
         keys = jax.random.split(key, x.shape[0])
         chunk = max(1, min(x.shape[0], _SAMPLES_PER_CHUNK // num_samples))
-        if not self._identity.any():
+        if not self._identity.any():  # every draw maps into the support: no rejection
             def one(args):
-                k, c = args
-                s = model.flow.sample(k, (num_samples,), condition=c)
-                z = s * stats["theta_std"] + stats["theta_mean"]
-                return self.prior.from_unconstrained(z)
+                return self._flow_draws(model, stats, *args, num_samples)[0]
 
             return jax.lax.map(one, (keys, cond), batch_size=chunk)
 

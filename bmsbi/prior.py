@@ -223,21 +223,36 @@ class Prior:
         return self.from_unconstrained(jnp.zeros(self.dim))
 
     # --------------------------------------------------------------- bijection
-    def from_unconstrained(self, z) -> jax.Array:
-        """Map unconstrained ``z`` (``(..., d)``) into the support: ``theta = T(z)``."""
-        z = jnp.asarray(z)
-        return jnp.stack([t(z[..., i]) for i, t in enumerate(self._transforms)], axis=-1)
+    def _bijections(self, keep):
+        """Per-parameter maps; ``keep[i]`` True leaves parameter ``i`` in its own coordinates."""
+        if keep is None:
+            return self._transforms
+        keep = np.asarray(keep, bool)
+        if keep.shape != (self.dim,):
+            raise ValueError(f"keep: expected {self.dim} booleans, got shape {keep.shape}")
+        return [None if k else t for k, t in zip(keep, self._transforms)]
 
-    def to_unconstrained(self, theta) -> jax.Array:
+    def from_unconstrained(self, z, keep=None) -> jax.Array:
+        """Map unconstrained ``z`` (``(..., d)``) into the support: ``theta = T(z)``.
+
+        ``keep`` (``(d,)`` booleans, optional): parameters passed through unchanged.
+        """
+        z = jnp.asarray(z)
+        return jnp.stack([z[..., i] if t is None else t(z[..., i])
+                          for i, t in enumerate(self._bijections(keep))], axis=-1)
+
+    def to_unconstrained(self, theta, keep=None) -> jax.Array:
         """Inverse of :meth:`from_unconstrained`; ``theta`` must lie inside the support."""
         theta = jnp.asarray(theta)
-        return jnp.stack([t.inv(theta[..., i]) for i, t in enumerate(self._transforms)], axis=-1)
+        return jnp.stack([theta[..., i] if t is None else t.inv(theta[..., i])
+                          for i, t in enumerate(self._bijections(keep))], axis=-1)
 
-    def log_det_jacobian(self, z) -> jax.Array:
+    def log_det_jacobian(self, z, keep=None) -> jax.Array:
         """``log |d theta / d z|`` of :meth:`from_unconstrained` at ``z``, shape ``z.shape[:-1]``."""
         z = jnp.asarray(z)
-        terms = [t.log_abs_det_jacobian(z[..., i], t(z[..., i])) for i, t in enumerate(self._transforms)]
-        return sum(terms)
+        terms = [t.log_abs_det_jacobian(z[..., i], t(z[..., i]))
+                 for i, t in enumerate(self._bijections(keep)) if t is not None]
+        return sum(terms, jnp.zeros(z.shape[:-1], z.dtype))
 
     # ------------------------------------------------------------------ misc
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:

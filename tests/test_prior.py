@@ -62,6 +62,21 @@ def test_bijection_round_trip_and_jacobian():
     np.testing.assert_allclose(prior.log_det_jacobian(z0), jnp.log(jnp.abs(jnp.diag(jac))).sum(), rtol=1e-4)
 
 
+def test_bijection_with_parameters_kept_in_their_own_coordinates():
+    prior = mixed_prior()
+    keep = np.arange(prior.dim) % 2 == 0
+    theta = prior.sample(jax.random.key(1), 50)
+    z = prior.to_unconstrained(theta, keep=keep)
+    np.testing.assert_array_equal(z[:, keep], theta[:, keep])
+    np.testing.assert_allclose(z[:, ~keep], prior.to_unconstrained(theta)[:, ~keep], rtol=1e-6)
+    np.testing.assert_allclose(prior.from_unconstrained(z, keep=keep), theta, rtol=2e-4, atol=1e-5)
+    jac = jax.jacfwd(lambda v: prior.from_unconstrained(v, keep=keep))(z[0])
+    np.testing.assert_allclose(prior.log_det_jacobian(z[0], keep=keep),
+                               jnp.log(jnp.abs(jnp.diag(jac))).sum(), rtol=1e-4)
+    with pytest.raises(ValueError, match="keep: expected"):
+        prior.to_unconstrained(theta, keep=[True])
+
+
 def test_uniform_constructor_and_spec_round_trip():
     prior = bmsbi.Prior.uniform([-1.0, 0.0], [1.0, 2.0], names=["a", "w"])
     assert prior.names == ("a", "w")

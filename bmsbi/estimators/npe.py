@@ -28,6 +28,7 @@ References
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -551,10 +552,9 @@ class NPE:
                 f"embedding: in_shape {tuple(self.embedding.in_shape)} differs from the bank's x "
                 f"shape {x_shape}; build the embedding with in_shape={x_shape}")
 
-        z = np.asarray(jax.jit(prior.to_unconstrained)(theta), dtype=np.float64)
-        identity = identity_mask(prior, self.theta_space)
-        if identity.any():  # these parameters keep their own coordinates
-            z = np.where(identity, np.asarray(theta, np.float64), z)
+        identity = identity_mask(prior, self.theta_space)  # these keep their own coordinates
+        z = np.asarray(jax.jit(functools.partial(prior.to_unconstrained, keep=identity))(theta),
+                       dtype=np.float64)
         stats = standardisation(z, x, self._z_mode(x_shape))
         s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
         x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
