@@ -300,7 +300,8 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         patience: int | None = 20, min_delta: float = 0.0, clip_norm: float | None = 5.0,
         schedule=None, plateau_patience: int = 5, plateau_factor: float = 0.5, devices=None,
         progress: bool = True, desc: str = "fit", metrics_fn: Callable | None = None,
-        monitor: str = "val_loss", monitor_mode: str = "min", callbacks=()):
+        monitor: str = "val_loss", monitor_mode: str = "min", callbacks=(),
+        ema_decay: float | None = None):
     """Train ``params`` to minimise ``loss_fn`` over minibatches of ``data``.
 
     Parameters
@@ -365,6 +366,14 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         ``logs`` holds ``loss``, ``val_loss`` and ``val_<name>``; ``params`` are the
         current parameters (valid until the next epoch runs). Returning ``True`` stops
         training (``stop_reason == "callback"``).
+    ema_decay : float in (0, 1), optional
+        Keep an exponential moving average of the weights (Polyak averaging), updated
+        after every step with this decay (0.995 averages over about 200 steps; step
+        ``t`` uses ``min(ema_decay, (1 + t) / (10 + t))``, so short runs average
+        recent weights rather than the initial ones).
+        Validation, early stopping, the best epoch, the callbacks' ``params`` and the
+        result then use the averaged weights; training continues from the raw ones.
+        The average smooths the minibatch noise of the last steps out of the result.
 
     Returns
     -------
@@ -394,6 +403,10 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, (int, np.integer))
                                  or patience <= 0):
         raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
+    if ema_decay is not None and (isinstance(ema_decay, bool) or
+                                  not isinstance(ema_decay, (float, int, np.floating))
+                                  or not 0.0 < float(ema_decay) < 1.0):
+        raise ValueError(f"ema_decay: expected None or a float in (0, 1), got {ema_decay!r}")
     n = _check_data(data, "data")
     if not trainable_filter_any(params):
         raise ValueError("params: found no trainable (floating-point) arrays to fit")
@@ -499,10 +512,18 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
             tr_, st_ = carry
             idx, ks = inp
             loss, grads = grad_fn(tr_, arrays, take(train_data, idx), ks)
-            updates, st_ = optimizer.update(grads, st_, tr_)
+            opt_st, ema = st_
+            updates, opt_st = optimizer.update(grads, opt_st, tr_)
             if plateau:
                 updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
-            return (eqx.apply_updates(tr_, updates), st_), loss
+            tr_ = eqx.apply_updates(tr_, updates)
+            if ema_decay is not None:  # Polyak averaging of the weights
+                avg, t = ema
+                # A shorter memory over the first steps: short runs still average recent
+                # weights instead of staying near the initial ones.
+                d = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
+                ema = (jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, avg, tr_), t + 1)
+            return (tr_, (opt_st, ema)), loss
 
         (tr, opt_state), losses = jax.lax.scan(
             step, (tr, opt_state), (order, jax.random.split(k_steps, steps)))
@@ -538,15 +559,16 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         # the best-epoch choice follow the parameters, not the noise.
         k_val = jax.random.fold_in(key, 2)
         tr, opt_state, t_loss = train_epoch(tr, opt_state, arrays, train_data, k_train, lr_scale)
+        judged = tr if ema_decay is None else opt_state[1][0]
         if val_data is None:
             v_loss = jnp.asarray(jnp.nan, t_loss.dtype)
             improved = jnp.isfinite(t_loss)
         else:
-            v_loss, v_metrics = val_loss(tr, arrays, val_data, k_val)
+            v_loss, v_metrics = val_loss(judged, arrays, val_data, k_val)
             watched = v_loss if monitor == "val_loss" else v_metrics[monitor[4:]]
             watched = -watched if monitor_mode == "max" else watched
             improved = jnp.isfinite(watched) & (watched < best_val - min_delta)
-        best = jax.tree_util.tree_map(lambda b, p: jnp.where(improved, p, b), best, tr)
+        best = jax.tree_util.tree_map(lambda b, p: jnp.where(improved, p, b), best, judged)
         if val_data is None:
             best_val = jnp.where(improved, jnp.nan_to_num(v_loss, nan=jnp.inf), best_val)
             metric_values = [jnp.asarray(jnp.nan, t_loss.dtype)] * len(metric_names)
@@ -566,7 +588,10 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
 
     trainable = put(trainable)
     # One compiled call builds the optimiser state and a separate copy for the best params.
-    state = jax.jit(lambda tr: (tr, optimizer.init(tr), jax.tree_util.tree_map(lambda a: a + 0, tr),
+    state = jax.jit(lambda tr: (tr, (optimizer.init(tr), (jax.tree_util.tree_map(
+                                    lambda a: a + 0, tr), jnp.zeros((), jnp.float32))
+                                    if ema_decay is not None else None),
+                                jax.tree_util.tree_map(lambda a: a + 0, tr),
                                 jnp.asarray(jnp.inf, jnp.float32),
                                 (jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32))))(trainable)
     state = put(state)
@@ -613,7 +638,7 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
             if callbacks:
                 logs = {"loss": t_loss, "val_loss": v_loss,
                         **{f"val_{k}": v for k, v in zip(metric_names, m_vals)}}
-                params_now = eqx.combine(state[0], frozen)
+                params_now = eqx.combine(state[0] if ema_decay is None else state[1][1][0], frozen)
                 if any([bool(cb(epoch, logs, params_now)) for cb in callbacks]):
                     stop = STOP_CALLBACK
                     break

@@ -373,7 +373,7 @@ class Trainer:
     # --------------------------------------------------------------------------- fit
     def fit(self, train_data, *, epochs: int, batch_size: int, validation_data=None,
             validation_split: float | None = None, key, callbacks: Sequence = (),
-            progress: bool = True) -> TrainingHistory:
+            progress: bool = True, ema_decay: float | None = None) -> TrainingHistory:
         """Train on ``train_data = (inputs, targets)``; restore the best weights.
 
         Parameters
@@ -396,6 +396,9 @@ class Trainer:
             ``cb(epoch, logs) -> bool`` (``True`` stops).
         progress : bool, default True
             tqdm bar.
+        ema_decay : float in (0, 1), optional
+            Validate, checkpoint and keep a moving average of the weights
+            (:func:`bmsbi.engine.fit`).
 
         Returns
         -------
@@ -446,7 +449,7 @@ class Trainer:
             validation_fraction=fraction, validation_data=val, patience=patience,
             min_delta=min_delta, metrics_fn=self._metrics_fn if self.metrics else None,
             monitor=monitor, monitor_mode=mode, callbacks=tuple(plain), progress=progress,
-            desc="Trainer.fit")
+            desc="Trainer.fit", ema_decay=ema_decay)
         self.set_params(best)
         return TrainingHistory(record)
 

@@ -181,6 +181,8 @@ def test_progress_bar_runs(capsys):
     (dict(patience=0), "patience"),
     (dict(schedule="zigzag"), "schedule"),
     (dict(loss_fn=3), "loss_fn"),
+    (dict(ema_decay=1.0), "ema_decay"),
+    (dict(ema_decay=0), "ema_decay"),
 ])
 def test_bad_arguments_raise(bad, match):
     x, y = _regression(n=64)
@@ -189,6 +191,32 @@ def test_bad_arguments_raise(bad, match):
     kw.update(bad)
     with pytest.raises(ValueError, match=match):
         fit(**kw)
+
+
+def test_weight_average_removes_minibatch_noise():
+    # Constant, large step on small noisy batches: the raw weights jitter around the
+    # least-squares solution; their moving average sits much closer to it.
+    x, y = _regression(n=4096, noise=1.0)
+    design = np.c_[x, np.ones(len(x))]
+    exact = np.linalg.lstsq(design, y, rcond=None)[0]
+    err = {}
+    for decay in (None, 0.99):
+        p, hist = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), learning_rate=5e-2,
+                      batch_size=16, max_epochs=4, validation_fraction=0.0, clip_norm=None,
+                      progress=False, ema_decay=decay)
+        err[decay] = np.linalg.norm(np.r_[np.asarray(p["w"]), float(p["b"])] - exact)
+    assert err[0.99] < 0.3 * err[None], err
+    assert err[0.99] < 0.06, err
+
+
+def test_weight_average_of_a_short_run_is_not_the_initial_weights():
+    # 160 steps with decay 0.999: a plain average would still be 85 % the zeros it
+    # started from; the shorter early memory averages the trained weights.
+    x, y = _regression()
+    p, _ = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), learning_rate=3e-2,
+               batch_size=64, max_epochs=5, validation_fraction=0.0, progress=False,
+               ema_decay=0.999)
+    np.testing.assert_allclose(np.asarray(p["w"]), W_TRUE, atol=0.05)
 
 
 _DP_SCRIPT = textwrap.dedent("""

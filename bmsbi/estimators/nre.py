@@ -85,7 +85,7 @@ class NRE(UnnormalisedEstimator):
         Add a learned bilinear term ``theta^T W x`` to the classifier's logit (see
         :class:`RatioModel`).
     learning_rate, batch_size, max_epochs, patience, validation_fraction, clip_norm,
-    weight_decay, schedule :
+    weight_decay, schedule, ema_decay :
         Passed to :func:`bmsbi.engine.fit`.
     num_chains, num_warmup, thin :
         NUTS settings of the returned posterior.
@@ -115,6 +115,7 @@ class NRE(UnnormalisedEstimator):
     clip_norm: float | None = 5.0
     weight_decay: float = 0.0
     schedule: str | None = "cosine"
+    ema_decay: float | None = None
     num_chains: int = 4
     num_warmup: int = 300
     thin: int = 1
