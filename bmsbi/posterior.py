@@ -54,6 +54,12 @@ _SAMPLES_PER_CHUNK = 1 << 18
 # and flow draws per observation that estimate the accepted mass in log_prob.
 _MAX_REJECTION_ROUNDS = 100
 _ACCEPTANCE_DRAWS = 4096
+# Rounds run for a whole chunk of observations at once (vectorised); observations still
+# short after them continue one at a time, so observations with a small accepted fraction
+# (near the box's edges, or out of distribution) do not make their whole chunk run every
+# round. Two-moons, 1,000 prior-predictive observations x 1,000 draws: 6.0 s with every
+# round vectorised, 2.8 s with 2 (3.0 with 1, 5.5 with 4).
+_CHUNK_REJECTION_ROUNDS = 2
 THETA_SPACES = ("auto", "unconstrained")
 
 
@@ -732,12 +738,7 @@ class DirectPosterior(Posterior):
             idx = jnp.where(ok, count + jnp.cumsum(ok) - 1, num_samples)
             return buf.at[idx].set(theta, mode="drop"), count + jnp.sum(ok)
 
-        def one(args):
-            k, c = args
-            k0, k = jax.random.split(k)
-            theta, ok = self._flow_draws(model, stats, k0, c, num_samples)
-            buf, count = place(jnp.clip(theta, low, high), 0, theta, ok)
-
+        def rounds_up_to(limit, c, state):  # more rounds until full or `limit` rounds done
             def body(state):
                 buf, count, rounds, k = state
                 k, sub = jax.random.split(k)
@@ -746,11 +747,23 @@ class DirectPosterior(Posterior):
                 return buf, count, rounds + 1, k
 
             def more(state):
-                return (state[1] < num_samples) & (state[2] < _MAX_REJECTION_ROUNDS)
+                return (state[1] < num_samples) & (state[2] < limit)
 
-            return jax.lax.while_loop(more, body, (buf, count, 1, k))[0]
+            return jax.lax.while_loop(more, body, state)
 
-        return jax.lax.map(one, (keys, cond), batch_size=chunk)
+        def first(args):
+            k, c = args
+            k0, k = jax.random.split(k)
+            theta, ok = self._flow_draws(model, stats, k0, c, num_samples)
+            buf, count = place(jnp.clip(theta, low, high), 0, theta, ok)
+            return rounds_up_to(_CHUNK_REJECTION_ROUNDS, c, (buf, count, 1, k))
+
+        def rest(args):  # one observation at a time: only the short ones draw again
+            c, state = args
+            return rounds_up_to(_MAX_REJECTION_ROUNDS, c, state)[0]
+
+        states = jax.lax.map(first, (keys, cond), batch_size=chunk)
+        return jax.lax.map(rest, (cond, states))
 
     def _check_draws(self, out, num_samples):
         if self._identity.any():  # the rejection fallback puts draws exactly on the bounds

@@ -125,6 +125,22 @@ def test_rejection_that_gives_up_clips_and_warns(box):
         post.sample(jax.random.key(6), np.array([0.5, 0.0], np.float32), 500)
 
 
+def test_a_hopeless_observation_leaves_the_others_in_its_batch_alone(box):
+    # Rejection runs a few rounds for a chunk of observations together, then only the
+    # short ones continue one at a time: every observation's draws depend on its own key
+    # and condition alone, whatever else is in the batch.
+    prior, post = box
+    ordinary = np.array([[0.5, 0.0], [1.2, 0.95], [-0.3, -1.4]], np.float32)
+    with_far = np.concatenate([ordinary, [[40.0, -40.0]]]).astype(np.float32)
+    with_near = np.concatenate([ordinary, [[0.2, 0.3]]]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = np.asarray(post.sample(jax.random.key(8), with_far, 400))
+    b = np.asarray(post.sample(jax.random.key(8), with_near, 400))
+    np.testing.assert_array_equal(a[:3], b[:3])
+    assert np.asarray(prior.in_support(a.reshape(-1, 2))).all()
+
+
 def test_log_prob_outside_support_is_minus_inf_never_nan(box):
     prior, post = box
     theta = np.array([[0.5, 0.0], [1.5, 0.0], [-0.1, 0.3], [0.5, 2.0], [np.nan, 0.0],
