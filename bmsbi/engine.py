@@ -503,6 +503,9 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     def take(tree, idx):
         return shard(jax.tree_util.tree_map(lambda a: a[idx], tree))
 
+    def averaged(opt_state):  # (optimiser state, (moving average, steps)) -> the average
+        return opt_state[1][0]
+
     def train_epoch(tr, opt_state, arrays, train_data, k, lr_scale):
         k_perm, k_steps = jax.random.split(k)
         order = jax.random.permutation(k_perm, n_train)[: steps * batch_size]
@@ -559,7 +562,7 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         # the best-epoch choice follow the parameters, not the noise.
         k_val = jax.random.fold_in(key, 2)
         tr, opt_state, t_loss = train_epoch(tr, opt_state, arrays, train_data, k_train, lr_scale)
-        judged = tr if ema_decay is None else opt_state[1][0]
+        judged = tr if ema_decay is None else averaged(opt_state)
         if val_data is None:
             v_loss = jnp.asarray(jnp.nan, t_loss.dtype)
             improved = jnp.isfinite(t_loss)
@@ -638,7 +641,7 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
             if callbacks:
                 logs = {"loss": t_loss, "val_loss": v_loss,
                         **{f"val_{k}": v for k, v in zip(metric_names, m_vals)}}
-                params_now = eqx.combine(state[0] if ema_decay is None else state[1][1][0], frozen)
+                params_now = eqx.combine(state[0] if ema_decay is None else averaged(state[1]), frozen)
                 if any([bool(cb(epoch, logs, params_now)) for cb in callbacks]):
                     stop = STOP_CALLBACK
                     break
