@@ -113,7 +113,7 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
         batch_size=t["batch_size"], max_epochs=t["max_epochs"], patience=t["patience"],
         validation_fraction=t["validation_fraction"], clip_norm=t["clip_norm"],
         weight_decay=t["weight_decay"], schedule=t["schedule"], progress=progress,
-        desc=estimator.config()["estimator"], ema_decay=t.get("ema_decay"))
+        desc=estimator.config()["estimator"], ema_decay=t["ema_decay"])
     stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
     post = MCMCPosterior(model, prior=prior, x_shape=x_shape, stats=stats, config=estimator.config(),
                          history=history, training=t, mcmc=estimator.mcmc_config())
