@@ -3,6 +3,7 @@ normalised, shapes and bad inputs."""
 
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -210,6 +211,45 @@ def test_bad_estimator_arguments():
         NPE(embedding="cnn")
     with pytest.raises(ValueError, match="theta_space"):
         NPE(theta_space="constrained")
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="truncation_fraction"):
+            NPE(truncation_fraction=bad)
+
+
+def test_truncation_term_is_the_gradient_of_the_mass_inside():
+    # A conditional Gaussian flow (affine map of the condition) and the interval (-0.5, 1):
+    # the truncated loss minus the plain one must be Z - 1 in value and grad Z in
+    # gradient, Z the analytic Gaussian mass inside, up to Monte Carlo error.
+    from flowjax.distributions import StandardNormal, Transformed
+    from jax.scipy.stats import norm
+
+    from bmsbi.estimators.npe import ConditionalAffine, NPEModel, _affine_loc_scale, _nll
+
+    affine = ConditionalAffine(1, 1, hidden=8, key=jax.random.key(0))
+    rng = np.random.default_rng(0)
+    affine = jax.tree_util.tree_map(  # move the map off the identity
+        lambda a: jnp.asarray(rng.normal(0.0, 0.5, a.shape), jnp.float32), affine)
+    model = NPEModel(Transformed(StandardNormal((1,)), affine), None)
+    n, c = 400_000, 0.7
+    batch = (jnp.zeros((n, 1)), jnp.full((n, 1), c))
+    inside = lambda s: (s[:, 0] > -0.5) & (s[:, 0] < 1.0)  # noqa: E731
+
+    def mass(m):
+        loc, scale = _affine_loc_scale(m.flow.bijection.affine, m.flow.bijection.affine_linear,
+                                       jnp.array([c]), 1)
+        return (norm.cdf((1.0 - loc) / scale) - norm.cdf((-0.5 - loc) / scale))[0]
+
+    plain = eqx.filter_value_and_grad(lambda m: _nll(m, None, batch, jax.random.key(1)))(model)
+    trunc = eqx.filter_value_and_grad(lambda m: _nll(m, None, batch, jax.random.key(1), inside=inside,
+                                              fraction=1.0))(model)
+    z, grad_z = eqx.filter_value_and_grad(mass)(model)
+    assert 0.3 < float(z) < 0.9  # the interval cuts the flow's mass substantially
+    assert abs(float(trunc[0] - plain[0]) - (float(z) - 1.0)) < 0.005
+    got = np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(
+        jax.tree_util.tree_map(lambda t, p: t - p, trunc[1], plain[1]))])
+    want = np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(grad_z)])
+    assert np.linalg.norm(want) > 0.05
+    assert np.linalg.norm(got - want) < 0.05 * np.linalg.norm(want)
 
 
 @pytest.mark.parametrize("make", [
