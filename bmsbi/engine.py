@@ -39,7 +39,7 @@ import paramax
 
 from ._checks import as_key
 
-__all__ = ["History", "fit", "make_optimizer", "split_brainstate", "merge_brainstate",
+__all__ = ["History", "TrainState", "fit", "make_optimizer", "split_brainstate", "merge_brainstate",
            "trainable_filter"]
 
 STOP_PATIENCE = "patience"
@@ -301,7 +301,8 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         schedule=None, plateau_patience: int = 5, plateau_factor: float = 0.5, devices=None,
         progress: bool = True, desc: str = "fit", metrics_fn: Callable | None = None,
         monitor: str = "val_loss", monitor_mode: str = "min", callbacks=(),
-        ema_decay: float | None = None):
+        ema_decay: float | None = None, resume: "TrainState | None" = None,
+        return_state: bool = False):
     """Train ``params`` to minimise ``loss_fn`` over minibatches of ``data``.
 
     Parameters
@@ -374,12 +375,28 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         Validation, early stopping, the best epoch, the callbacks' ``params`` and the
         result then use the averaged weights; training continues from the raw ones.
         The average smooths the minibatch noise of the last steps out of the result.
+        A callback with an attribute ``wants_state = True`` is also given
+        ``state=`` (a :class:`TrainState`, valid until the next epoch runs).
+    resume : TrainState, optional
+        Continue a run where it stopped (``return_state=True`` of an earlier call, or
+        one read back from a file): its weights, optimiser state (the schedule's step
+        and the weight average included), best weights and score, patience count and
+        epoch. The run goes on to ``max_epochs`` in all. With the same ``key``,
+        ``data`` and settings as the first call, the result equals one uninterrupted
+        run. The state's arrays must match this call's parameters and optimiser
+        (a ``ValueError`` names the first that does not).
+    return_state : bool, default False
+        Also return the :class:`TrainState` at the end.
 
     Returns
     -------
     best_params : pytree
         ``params`` at the best validation epoch (the last epoch without validation).
     history : History
+        With ``resume`` its lists cover the epochs of this call; ``epochs`` and
+        ``best_epoch`` count from the start of the first run.
+    state : TrainState
+        Only with ``return_state=True``.
 
     Examples
     --------
@@ -597,6 +614,13 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
                                 jax.tree_util.tree_map(lambda a: a + 0, tr),
                                 jnp.asarray(jnp.inf, jnp.float32),
                                 (jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32))))(trainable)
+    first_epoch, since_best = 0, 0
+    if resume is not None:
+        state = _resumed_carry(resume, state)
+        first_epoch, since_best = int(resume.epoch), int(resume.since_best)
+        if not 0 <= first_epoch <= max_epochs:
+            raise ValueError(f"resume: the state has {first_epoch} epochs done; expected at "
+                             f"most max_epochs={max_epochs}")
     state = put(state)
     const_arrays = put(const_arrays)
     train = put(train)
@@ -605,11 +629,20 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     history = History(num_train=int(n_train), num_val=int(n_val), batch_size=batch_size,
                       steps_per_epoch=int(steps), num_devices=num_devices,
                       monitor=monitor if val is not None else "train_loss")
+    if resume is not None:
+        history.epochs, history.best_epoch = first_epoch, int(resume.best_epoch)
+        history.best_val_loss = float(resume.best_val_loss)
     bar = _progress_bar(max_epochs, desc, progress)
-    since_best = 0
+    if bar is not None and first_epoch:
+        bar.update(first_epoch)
     stop = STOP_MAX_EPOCHS
+
+    def snapshot(epoch_count):
+        return TrainState(epoch=epoch_count, carry=state, since_best=since_best,
+                          best_epoch=history.best_epoch, best_val_loss=history.best_val_loss)
+
     try:
-        for epoch in range(max_epochs):
+        for epoch in range(first_epoch, max_epochs):
             state, out = epoch_jit(state, const_arrays, train, val, jnp.asarray(epoch, jnp.int32))
             t_loss, v_loss, improved, lr_scale, *m_vals = (float(v) for v in np.asarray(out))  # one transfer
             history.train_loss.append(t_loss)
@@ -642,7 +675,9 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
                 logs = {"loss": t_loss, "val_loss": v_loss,
                         **{f"val_{k}": v for k, v in zip(metric_names, m_vals)}}
                 params_now = eqx.combine(state[0] if ema_decay is None else averaged(state[1]), frozen)
-                if any([bool(cb(epoch, logs, params_now)) for cb in callbacks]):
+                if any([bool(cb(epoch, logs, params_now, state=snapshot(epoch + 1))
+                             if getattr(cb, "wants_state", False) else cb(epoch, logs, params_now))
+                        for cb in callbacks]):
                     stop = STOP_CALLBACK
                     break
     except KeyboardInterrupt:
@@ -658,7 +693,57 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     history.wall_time = time.perf_counter() - start
     if mesh is not None:  # hand back ordinary single-device arrays
         best = jax.device_put(best, jax.local_devices()[0])
+    if return_state:
+        return eqx.combine(best, frozen), history, snapshot(history.epochs)
     return eqx.combine(best, frozen), history
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where a run of :func:`fit` stopped; ``fit(..., resume=state)`` continues it.
+
+    Attributes
+    ----------
+    epoch : int
+        Epochs done.
+    carry : pytree of arrays
+        The compiled loop's state: raw trainable weights, optimiser state (with the
+        moving average of the weights), best weights, best monitored score, plateau
+        counters. A flat list of its leaves (as read back from a file) is accepted too.
+    since_best : int
+        Epochs since the last improvement (the patience count).
+    best_epoch : int
+    best_val_loss : float
+    """
+
+    epoch: int
+    carry: Any
+    since_best: int = 0
+    best_epoch: int = -1
+    best_val_loss: float = math.nan
+
+    def leaves(self) -> list:
+        """The carry's arrays, flattened (what a file stores)."""
+        return [np.asarray(a) for a in jax.tree_util.tree_leaves(self.carry)]
+
+
+def _resumed_carry(resume, template):
+    """``resume``'s carry in the structure of ``template`` (the fresh loop state), checked."""
+    if not isinstance(resume, TrainState):
+        raise ValueError(f"resume: expected a bmsbi.engine.TrainState, got {type(resume).__name__}")
+    want, treedef = jax.tree_util.tree_flatten(template)
+    got = jax.tree_util.tree_leaves(resume.carry)
+    if len(got) != len(want):
+        raise ValueError(f"resume: the state holds {len(got)} arrays, this run's parameters and "
+                         f"optimiser need {len(want)} (a different model, optimiser or ema_decay?)")
+    out = []
+    for i, (g, w) in enumerate(zip(got, want)):
+        g = np.asarray(g)
+        if g.shape != tuple(w.shape) or g.dtype != w.dtype:
+            raise ValueError(f"resume: state array {i} has shape {g.shape} and dtype {g.dtype}; "
+                             f"this run needs {tuple(w.shape)} {w.dtype}")
+        out.append(jnp.asarray(g))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def trainable_filter_any(params) -> bool:

@@ -185,7 +185,8 @@ def pack_arrays(arrays: dict) -> tuple[bytes, list]:
     """
     index, chunks, offset = [], [], 0
     for name, value in arrays.items():
-        arr = np.ascontiguousarray(np.asarray(value))
+        arr = np.asarray(value)
+        arr = np.ascontiguousarray(arr).reshape(arr.shape)  # ascontiguousarray makes 0-d 1-d
         if arr.dtype.name not in _DTYPES:
             raise ValueError(f"arrays[{name!r}]: dtype {arr.dtype} cannot be stored; use a numeric dtype")
         raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()

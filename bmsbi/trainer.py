@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 from typing import Callable, Mapping, Sequence
 
 import jax
@@ -103,25 +104,31 @@ class ModelCheckpoint:
     """Write the trainable weights to ``path`` (bmsbi's safe format, no pickle) after an epoch.
 
     With ``save_best_only`` (default) only epochs that improve ``monitor`` are written.
-    Load them back with :meth:`Trainer.load_weights`; resume by calling ``fit`` again.
+    With ``save_state`` the file also holds the training state (optimiser state with the
+    schedule's step and any weight average, best weights, patience count, epoch), so a
+    run killed part-way continues where the file was written: ``trainer.load_weights(path)``
+    then ``trainer.fit(..., resume=True)`` with the same data, key and settings (use
+    ``save_best_only=False`` to write every epoch). Without it, :meth:`Trainer.load_weights`
+    restores the weights only.
     """
 
     def __init__(self, path, *, monitor: str = "val_loss", mode: str = "auto",
-                 save_best_only: bool = True):
+                 save_best_only: bool = True, save_state: bool = False):
         self.path = str(path)
         self.monitor = monitor
         self.mode = EarlyStopping(monitor=monitor, mode=mode).resolved_mode()
         self.save_best_only = save_best_only
+        self.wants_state = bool(save_state)  # the engine then passes state=
         self.best = math.inf
         self.trainer = None
 
-    def __call__(self, epoch, logs, params):
+    def __call__(self, epoch, logs, params, state=None):
         value = logs.get(self.monitor, math.nan)
         score = -value if self.mode == "max" else value
         if self.save_best_only and not (math.isfinite(score) and score < self.best):
             return None
         self.best = score if math.isfinite(score) else self.best
-        _save_params(self.path, params, {"epoch": int(epoch), "logs": _finite(logs)})
+        _save_params(self.path, params, {"epoch": int(epoch), "logs": _finite(logs)}, state)
         return None
 
 
@@ -133,14 +140,25 @@ _CKPT_KIND = "bmsbi.trainer.weights"
 _CKPT_SCHEMA = 1
 
 
-def _save_params(path, params, header):
+def _save_params(path, params, header, state=None):
+    """Weights (``w0000``...) and, with ``state`` (an engine ``TrainState``), its arrays
+    (``s0000``...) and counters under the header's ``"train_state"``."""
     from . import io
 
     leaves = jax.tree_util.tree_leaves(params)
     arrays = {f"w{i:04d}": np.asarray(a) for i, a in enumerate(leaves)}
+    header = {**header, "num_leaves": len(leaves)}
+    if state is not None:
+        carry = state.leaves()
+        arrays.update({f"s{i:04d}": a for i, a in enumerate(carry)})
+        best = float(state.best_val_loss)
+        header["train_state"] = {"epoch": int(state.epoch), "since_best": int(state.since_best),
+                                 "best_epoch": int(state.best_epoch),
+                                 "best_val_loss": best if math.isfinite(best) else None,
+                                 "num_leaves": len(carry)}
     payload, index = io.pack_arrays(arrays)
     io.write_file(path, kind=_CKPT_KIND, schema_version=_CKPT_SCHEMA,
-                  header={**header, "num_leaves": len(leaves), "index": index}, payload=payload)
+                  header={**header, "index": index}, payload=payload)
 
 
 # -------------------------------------------------------------------------- history
@@ -171,7 +189,7 @@ class TrainingHistory:
             self.history["val_loss"] = list(record.val_loss)
         for name, values in record.val_metrics.items():
             self.history[f"val_{name}"] = list(values)
-        self.epoch = list(range(record.epochs))
+        self.epoch = list(range(record.epochs - len(record.train_loss), record.epochs))
         self.best_epoch = record.best_epoch
         self.stop_reason = record.stop_reason
         self.wall_time = record.wall_time
@@ -211,6 +229,14 @@ class Trainer:
     dt : brainunit.Quantity, optional
         Integration step for the model (``brainstate.environ.context(dt=dt)``); default
         the global ``brainstate.environ`` setting at trace time.
+
+    Attributes
+    ----------
+    params : pytree
+        The trainable weights (the best epoch's after :meth:`fit`).
+    train_state : bmsbi.engine.TrainState or None
+        Where the last :meth:`fit` stopped (or the state read by :meth:`load_weights`):
+        what ``fit(..., resume=True)`` continues from.
 
     Examples
     --------
@@ -273,6 +299,7 @@ class Trainer:
         self._input_shape = None   # per-sample input shape seen by fit, e.g. (T, F)
         self._target_shape = None
         self._jitted = {}
+        self.train_state = None  # engine.TrainState of the last fit (or a loaded checkpoint)
 
     # ------------------------------------------------------------------ functional core
     def _env(self):
@@ -373,7 +400,8 @@ class Trainer:
     # --------------------------------------------------------------------------- fit
     def fit(self, train_data, *, epochs: int, batch_size: int, validation_data=None,
             validation_split: float | None = None, key, callbacks: Sequence = (),
-            progress: bool = True, ema_decay: float | None = None) -> TrainingHistory:
+            progress: bool = True, ema_decay: float | None = None,
+            resume=False) -> TrainingHistory:
         """Train on ``train_data = (inputs, targets)``; restore the best weights.
 
         Parameters
@@ -399,6 +427,12 @@ class Trainer:
         ema_decay : float in (0, 1), optional
             Validate, checkpoint and keep a moving average of the weights
             (:func:`bmsbi.engine.fit`).
+        resume : bool or path, default False
+            ``True``: continue from the training state of this trainer's last ``fit``
+            (:attr:`train_state`) or of a checkpoint read with :meth:`load_weights`; a
+            path: read that checkpoint first. The run goes on to ``epochs`` in all;
+            with the same data, ``key`` and settings it ends as one uninterrupted
+            run would (:func:`bmsbi.engine.fit`, ``resume``).
 
         Returns
         -------
@@ -408,6 +442,14 @@ class Trainer:
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         key = as_key(key)
+        if resume is not False and resume is not True:
+            if not isinstance(resume, (str, os.PathLike)):
+                raise ValueError(f"resume: expected True, False or a checkpoint path, "
+                                 f"got {type(resume).__name__}")
+            self.load_weights(resume)
+        if resume is not False and self.train_state is None:
+            raise ValueError("resume: this Trainer holds no training state; run fit first, or "
+                             "read a checkpoint written with ModelCheckpoint(save_state=True)")
         before = (self._input_shape, self._target_shape)
         try:  # the training data set the expected shapes; keep the old ones if refused
             self._input_shape = self._target_shape = None
@@ -443,13 +485,14 @@ class Trainer:
             raise ValueError(f"EarlyStopping.monitor: expected 'val_loss' or one of "
                              f"{['val_' + m for m in self.metrics]}, got {monitor!r}")
 
-        best, record = engine.fit(
+        best, record, self.train_state = engine.fit(
             self.params, self._loss_fn, (x, y), key=key, static=self._rest,
             optimizer=self.optimizer, clip_norm=None, batch_size=batch_size, max_epochs=epochs,
             validation_fraction=fraction, validation_data=val, patience=patience,
             min_delta=min_delta, metrics_fn=self._metrics_fn if self.metrics else None,
             monitor=monitor, monitor_mode=mode, callbacks=tuple(plain), progress=progress,
-            desc="Trainer.fit", ema_decay=ema_decay)
+            desc="Trainer.fit", ema_decay=ema_decay,
+            resume=self.train_state if resume is not False else None, return_state=True)
         self.set_params(best)
         return TrainingHistory(record)
 
@@ -462,19 +505,42 @@ class Trainer:
         brainstate.graph.update_states(self.model, self.params)
 
     def load_weights(self, path):
-        """Load weights written by :class:`ModelCheckpoint` (checked, no pickle)."""
+        """Load weights written by :class:`ModelCheckpoint` or :meth:`save_checkpoint`
+        (checked, no pickle); a training state in the file becomes :attr:`train_state`,
+        for ``fit(..., resume=True)``. Returns the file's header."""
         from . import io
 
         header, payload = io.read_file(path, kind=_CKPT_KIND, schema_version=_CKPT_SCHEMA)
         arrays = io.unpack_arrays(payload, header["index"])
         leaves, treedef = jax.tree_util.tree_flatten(self.params)
+        if int(header.get("num_leaves", -1)) != len(leaves):
+            raise ValueError(f"path: the file holds {header.get('num_leaves')} weight arrays, "
+                             f"the model has {len(leaves)}")
         new = [arrays[f"w{i:04d}"] for i in range(len(leaves))]
         for i, (a, b) in enumerate(zip(leaves, new)):
             if tuple(np.shape(a)) != tuple(np.shape(b)):
                 raise ValueError(f"path: weight {i} has shape {np.shape(b)}, the model expects "
                                  f"{np.shape(a)}")
+        state = header.get("train_state")
         self.set_params(jax.tree_util.tree_unflatten(treedef, new))
+        if state is not None:
+            best = state["best_val_loss"]
+            self.train_state = engine.TrainState(
+                epoch=int(state["epoch"]), since_best=int(state["since_best"]),
+                best_epoch=int(state["best_epoch"]),
+                best_val_loss=math.nan if best is None else float(best),
+                carry=[arrays[f"s{i:04d}"] for i in range(int(state["num_leaves"]))])
         return header
+
+    def save_checkpoint(self, path):
+        """Write the current weights and, after a ``fit``, its training state to ``path``.
+
+        :meth:`load_weights` reads it back (in a new process too); then
+        ``fit(..., resume=True)`` continues the run, e.g. to more ``epochs``.
+        """
+        _save_params(path, self.params, {"epoch": None if self.train_state is None
+                                         else int(self.train_state.epoch) - 1, "logs": {}},
+                     self.train_state)
 
     def _compiled(self, what):
         if what not in self._jitted:

@@ -14,7 +14,7 @@ import numpy as np
 import paramax
 import pytest
 
-from bmsbi.engine import History, fit, merge_brainstate, split_brainstate
+from bmsbi.engine import History, TrainState, fit, merge_brainstate, split_brainstate
 
 W_TRUE = np.array([1.5, -2.0, 0.5], np.float32)
 
@@ -217,6 +217,47 @@ def test_weight_average_of_a_short_run_is_not_the_initial_weights():
                batch_size=64, max_epochs=5, validation_fraction=0.0, progress=False,
                ema_decay=0.999)
     np.testing.assert_allclose(np.asarray(p["w"]), W_TRUE, atol=0.05)
+
+
+def test_resumed_run_equals_the_uninterrupted_one():
+    # 4 epochs, stop, resume to 10 (schedule, weight average, validation, patience count
+    # and best weights carried over) == 10 epochs in one go, with the same key.
+    x, y = _regression(noise=0.5)
+    common = dict(key=jax.random.key(3), learning_rate=3e-2, batch_size=64, max_epochs=10,
+                  schedule="warmup_cosine", ema_decay=0.99, patience=50, progress=False)
+    p_all, h_all = fit(_zeros(), _mse, (x, y), **common)
+    stop_early = lambda epoch, logs, params: epoch == 3  # noqa: E731
+    _, h_a, state = fit(_zeros(), _mse, (x, y), callbacks=[stop_early], return_state=True,
+                        **common)
+    assert h_a.epochs == 4 and state.epoch == 4
+    # Through a file, as Trainer checkpoints store it: a flat list of NumPy leaves.
+    flat = TrainState(epoch=state.epoch, carry=state.leaves(), since_best=state.since_best,
+                      best_epoch=state.best_epoch, best_val_loss=state.best_val_loss)
+    p_b, h_b = fit(_zeros(), _mse, (x, y), resume=flat, **common)
+    assert h_b.epochs == 10 and len(h_b.train_loss) == 6
+    np.testing.assert_allclose(h_a.train_loss + h_b.train_loss, h_all.train_loss, rtol=1e-5)
+    np.testing.assert_allclose(h_a.val_loss + h_b.val_loss, h_all.val_loss, rtol=1e-5)
+    assert h_b.best_epoch == h_all.best_epoch
+    for k in ("w", "b"):
+        np.testing.assert_allclose(np.asarray(p_b[k]), np.asarray(p_all[k]), rtol=1e-5, atol=1e-7)
+
+
+def test_resume_state_must_match_the_run():
+    x, y = _regression()
+    _, _, state = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), max_epochs=2,
+                      progress=False, return_state=True)
+    with pytest.raises(ValueError, match="resume: the state holds"):  # ema adds arrays
+        fit(_zeros(), _mse, (x, y), key=jax.random.key(0), max_epochs=4, progress=False,
+            ema_decay=0.9, resume=state)
+    wider = {"w": jnp.zeros(4), "b": jnp.zeros(())}
+    with pytest.raises(ValueError, match="resume: state array"):
+        fit(wider, _mse, (np.c_[x, x[:, :1]], y), key=jax.random.key(0), max_epochs=4,
+            progress=False, resume=state)
+    with pytest.raises(ValueError, match="max_epochs=1"):
+        fit(_zeros(), _mse, (x, y), key=jax.random.key(0), max_epochs=1, progress=False,
+            resume=state)
+    with pytest.raises(ValueError, match="TrainState"):
+        fit(_zeros(), _mse, (x, y), key=jax.random.key(0), progress=False, resume={"epoch": 1})
 
 
 _DP_SCRIPT = textwrap.dedent("""

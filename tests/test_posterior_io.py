@@ -140,12 +140,13 @@ def test_to_arviz_has_named_posterior_and_observed_data(trained):
 
 def test_pack_arrays_round_trip_and_refusals(tmp_path):
     arrays = {"f": np.arange(6, dtype=np.float32).reshape(2, 3), "i": np.array([1, -2], np.int64),
-              "b": np.array([True, False])}
+              "b": np.array([True, False]), "scalar": np.int32(7),
+              "transposed": np.arange(6.0).reshape(2, 3).T}
     payload, index = bio.pack_arrays(arrays)
     out = bio.unpack_arrays(payload, index)
     for k, v in arrays.items():
         np.testing.assert_array_equal(out[k], v)
-        assert out[k].dtype == v.dtype
+        assert out[k].dtype == v.dtype and out[k].shape == np.shape(v)
     with pytest.raises(ValueError, match="dtype"):
         bio.pack_arrays({"o": np.array([{}], dtype=object)})
     with pytest.raises(ValueError, match="non-finite"):

@@ -135,6 +135,50 @@ def test_callbacks_stop_and_checkpoint_round_trip(dmts, tmp_path):
     assert fresh.evaluate(test)["loss"] == pytest.approx(best, rel=1e-4)
 
 
+def test_a_killed_run_resumes_from_its_checkpoint(dmts, tmp_path):
+    # A run stopped after 3 of 6 epochs (a callback standing in for a crash) whose
+    # checkpoint holds the training state; a new Trainer with other initial weights reads
+    # it and finishes: same losses and weights as the run that was never stopped (the
+    # cosine schedule and Adam's moments carry over).
+    train, test = dmts
+    opt = lambda: optax.adam(optax.cosine_decay_schedule(3e-2, 6 * 8))  # noqa: E731
+    common = dict(epochs=6, batch_size=32, validation_data=test, key=3, progress=False)
+    whole = Trainer(horn(hidden=8), cross_entropy, opt())
+    h_whole = whole.fit(train, **common)
+
+    path = tmp_path / "state.bmsbi"
+    first = Trainer(horn(hidden=8), cross_entropy, opt())
+    h1 = first.fit(train, callbacks=[ModelCheckpoint(path, save_best_only=False, save_state=True),
+                                     lambda e, logs: e == 2], **common)
+    assert h1.stop_reason == "callback" and h1.epoch == [0, 1, 2]
+    again = Trainer(horn(seed=7, hidden=8), cross_entropy, opt())
+    h2 = again.fit(train, resume=path, **common)
+    assert h2.epoch == [3, 4, 5]
+    np.testing.assert_allclose(h1.history["val_loss"] + h2.history["val_loss"],
+                               h_whole.history["val_loss"], rtol=1e-4)
+    assert again.evaluate(test)["loss"] == pytest.approx(whole.evaluate(test)["loss"], rel=1e-4)
+    # save_checkpoint after a fit, more epochs later: the run continues from epoch 6
+    again.save_checkpoint(tmp_path / "end.bmsbi")
+    more = Trainer(horn(seed=8, hidden=8), cross_entropy, opt())
+    h3 = more.fit(train, **{**common, "epochs": 8}, resume=tmp_path / "end.bmsbi")
+    assert h3.epoch == [6, 7]
+
+
+def test_resume_needs_a_training_state(dmts, tmp_path):
+    train, test = dmts
+    trainer = Trainer(horn(hidden=8), cross_entropy, 3e-2)
+    with pytest.raises(ValueError, match="resume: this Trainer holds no training state"):
+        trainer.fit(train, epochs=2, batch_size=32, key=0, progress=False, resume=True)
+    path = tmp_path / "weights_only.bmsbi"
+    trainer.fit(train, epochs=1, batch_size=32, key=0, progress=False,
+                callbacks=[ModelCheckpoint(path, monitor="loss")])
+    fresh = Trainer(horn(hidden=8), cross_entropy, 3e-2)
+    with pytest.raises(ValueError, match="no training state"):
+        fresh.fit(train, epochs=2, batch_size=32, key=0, progress=False, resume=path)
+    with pytest.raises(ValueError, match="resume: expected True, False or a checkpoint path"):
+        fresh.fit(train, epochs=2, batch_size=32, key=0, progress=False, resume=3)
+
+
 # ------------------------------------------------------------------------ bad input
 @pytest.fixture(scope="module")
 def small(dmts):
