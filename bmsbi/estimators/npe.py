@@ -471,10 +471,9 @@ class NPE:
         crescents the box cuts: 47.2 % of the draws in one crescent instead of 49.8 %;
         48.5 % with ``Z``; C2ST over 10 observations 0.557 -> 0.548). With ``Z`` the
         spill costs only at second order (``-log Z + Z - 1``). ``Z`` and its gradient
-        are estimated from one
-        flow draw for this fraction of each minibatch's rows (score-function gradient,
-        ``grad Z = -E_q[1_outside grad log q]``); the validation loss then reads
-        ``-log q + Z - 1``. ``0`` trains the plain likelihood.
+        are estimated from one flow draw for this fraction of each minibatch's rows
+        (score-function gradient, ``grad Z = -E_q[1_outside grad log q]``); the
+        validation loss then reads ``-log q + Z - 1``. ``0`` trains the plain likelihood.
 
     Examples
     --------
