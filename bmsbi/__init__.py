@@ -7,7 +7,7 @@ Three verbs: simulate a bank (:func:`simulate_bank`), train an estimator
 __version__ = "0.1.0"
 
 from .prior import Prior
-from .recording import Recording, read_recording
+from .recording import Recording, RecordingSpec, RecordingWarning, read_recording
 from .bank import Bank, simulate_bank, simulate_at
 from . import engine, summaries, embeddings, diagnostics, plotting, ood
 from .posterior import Posterior, DirectPosterior, Inference, OutOfDistributionWarning, load_posterior
@@ -16,7 +16,7 @@ from .trainer import Trainer, TrainingHistory, EarlyStopping, ModelCheckpoint
 from . import discovery  # registers the discovery benchmark datasets
 from . import tasks  # registers the evidence-integration task in brainmass.datasets
 
-__all__ = ["Prior", "Recording", "read_recording", "Bank", "simulate_bank", "simulate_at", "NPE", "NLE", "NRE", "Posterior", "DirectPosterior",
+__all__ = ["Prior", "Recording", "RecordingSpec", "RecordingWarning", "read_recording", "Bank", "simulate_bank", "simulate_at", "NPE", "NLE", "NRE", "Posterior", "DirectPosterior",
            "MCMCPosterior", "Inference", "OutOfDistributionWarning", "load_posterior", "Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint", "tasks", "discovery",
            "engine", "summaries", "embeddings", "diagnostics", "plotting", "ood",
            "__version__"]

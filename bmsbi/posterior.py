@@ -28,6 +28,7 @@ import io as _stdio
 import math
 import os
 import warnings
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -39,14 +40,18 @@ from . import io as bio
 from ._checks import as_key
 from .engine import History
 from .prior import Prior, as_prior
+from .recording import LONG_OPTIONS, Recording, RecordingSpec, RecordingWarning
 
 __all__ = ["Posterior", "DirectPosterior", "Inference", "OutOfDistributionWarning", "load_posterior",
+           "RecordingWarning",
            "register_posterior",
            "check_bank_prior", "SCHEMA_VERSION"]
 
 # 2: optional summary pipeline, recording shape and out-of-distribution reference
 #    (arrays appended to the payload); version-1 files still load.
-SCHEMA_VERSION = 2
+# 3: the recordings' sampling rate and channel names (data.recording_fs,
+#    data.recording_channels); version-1 and -2 files load with both unknown.
+SCHEMA_VERSION = 3
 _KIND = "posterior"
 # Samples processed together per observation chunk when sampling many observations.
 _SAMPLES_PER_CHUNK = 1 << 18
@@ -151,6 +156,8 @@ class Posterior:
         self.training = dict(training or {})
         self.summary = None
         self.recording_shape = None
+        self.recording_fs = None
+        self.recording_channels = None
         self.ood = None
         self._jit = {}
 
@@ -160,7 +167,10 @@ class Posterior:
         Called by every estimator's ``fit`` with the training ``x``. ``summary`` (a
         :class:`bmsbi.summaries.Summary`, or ``None`` to take ``meta["summary"]``, the
         entry :meth:`simulators.Task.bank` writes) turns a raw recording into one
-        observation; ``recording_shape`` is the ``(time, regions)`` it was built for.
+        observation; ``recording_shape`` is the ``(time, regions)`` it was built for, or
+        a :class:`bmsbi.RecordingSpec` / :class:`bmsbi.Recording` that also gives the
+        sampling rate and channel names (else taken from ``meta["fs"]`` and
+        ``meta["channels"]`` when ``meta["recording_shape"]`` is the shape used).
         """
         from . import summaries
         from .ood import OODReference
@@ -170,6 +180,13 @@ class Posterior:
             summary = summaries.from_dict(meta["summary"])
         if summary is not None and not isinstance(summary, summaries.Summary):
             raise ValueError(f"summary: expected a bmsbi.summaries.Summary, got {type(summary).__name__}")
+        fs = channels = None
+        if isinstance(recording_shape, Recording):
+            recording_shape = RecordingSpec(recording_shape.n_samples, recording_shape.n_channels,
+                                            fs=recording_shape.fs, channels=recording_shape.channels)
+        if isinstance(recording_shape, RecordingSpec):
+            fs, channels = recording_shape.fs, recording_shape.channels
+            recording_shape = (recording_shape.n_samples, recording_shape.n_channels)
         if recording_shape is None and meta.get("recording_shape") is not None:
             recording_shape = meta["recording_shape"]
         if recording_shape is not None:
@@ -182,7 +199,14 @@ class Posterior:
                     raise ValueError(
                         f"summary: gives {size} features for recordings {recording_shape}, but the "
                         f"bank's x has shape {self.x_shape}")
+            from_meta = meta.get("recording_shape") is not None and \
+                tuple(int(v) for v in meta["recording_shape"]) == recording_shape
+            if fs is None and channels is None and from_meta:
+                fs, channels = meta.get("fs"), meta.get("channels")
+            spec = RecordingSpec(*recording_shape, fs=fs, channels=channels)  # validates fs, names
+            fs, channels = spec.fs, spec.channels
         self.summary, self.recording_shape = summary, recording_shape
+        self.recording_fs, self.recording_channels = fs, channels
         x = np.asarray(x)
         self.ood = OODReference.fit(x, seed=seed) if len(x) >= 100 else None
         return self
@@ -250,14 +274,20 @@ class Posterior:
         return x, batched
 
     # ------------------------------------------------------------------ public
-    def sample(self, key, x_obs, num_samples: int = 1000) -> jax.Array:
+    def sample(self, key, x_obs, num_samples: int = 1000, *, long: str = "refuse") -> jax.Array:
         """Posterior samples for one observation or a batch of observations.
 
         Parameters
         ----------
         key : jax.random.key
         x_obs : array, shape ``x_shape`` or ``(m, *x_shape)``
+            Or, with a stored summary pipeline, raw recordings: a
+            :class:`bmsbi.Recording`, a list of them, or arrays (rules in :meth:`infer`;
+            changes made to them are reported in a :class:`bmsbi.RecordingWarning`).
         num_samples : int
+        long : {"refuse", "epochs"}
+            A recording longer than trained: refused, or split into whole epochs (a
+            batch, one row per epoch); see :meth:`infer`.
 
         Returns
         -------
@@ -272,7 +302,7 @@ class Posterior:
         """
         key = as_key(key)
         num_samples = _as_int(num_samples, "num_samples")
-        x, batched = self._observations(x_obs, warn_ood=True)
+        x, batched = self._observations(x_obs, warn_ood=True, long=long)
         out = self._compiled("sample")(self._params(), key, jnp.asarray(x), num_samples)
         self._check_draws(out, num_samples)
         return out if batched else out[0]
@@ -282,46 +312,87 @@ class Posterior:
         n = len(self.x_shape)
         return tuple(shape) == self.x_shape or (len(shape) == n + 1 and tuple(shape[1:]) == self.x_shape)
 
-    def summarize(self, recordings, arg="recordings"):
+    @property
+    def recording_spec(self) -> RecordingSpec | None:
+        """What raw recordings this posterior takes: samples, channels, ``fs`` (Hz), names.
+
+        ``None`` when it knows no recording shape (trained on observations only);
+        ``fs`` / ``channels`` are ``None`` where unknown (e.g. a file of schema 2).
+        """
+        if self.recording_shape is None:
+            return None
+        return RecordingSpec(n_samples=self.recording_shape[0], n_channels=self.recording_shape[1],
+                             fs=self.recording_fs, channels=self.recording_channels)
+
+    def summarize(self, recordings, arg="recordings", *, long: str = "refuse"):
         """Observations from raw recordings through the stored summary pipeline.
 
         Parameters
         ----------
-        recordings : array ``(time, regions)``, ``(time,)`` (one region) or ``(m, time, regions)``
+        recordings : Recording, list of Recording, or array
+            :class:`bmsbi.Recording` objects are fitted to :attr:`recording_spec` (see
+            :meth:`infer` for the rules: resampled, channels reordered by name, longer
+            ones split into epochs with ``long="epochs"``). A plain array
+            ``(time, regions)``, ``(time,)`` (one region) or ``(m, time, regions)`` is
+            taken to be sampled at the trained rate (a :class:`bmsbi.RecordingWarning`
+            says so when the posterior knows that rate).
+        long : {"refuse", "epochs"}
+            What to do with recordings longer than the trained length.
 
         Returns
         -------
         (x, batched) : ``x`` of shape ``(m, *x_shape)`` (numpy float32, possibly
-            non-finite) and whether the input was a batch.
+            non-finite) and whether the result is a batch (a list of recordings, an
+            ``(m, time, regions)`` array, or a recording split into several epochs).
 
         Raises
         ------
         ValueError
-            No summary pipeline is stored, or the recordings' shape does not give this
-            posterior's observation shape.
+            No summary pipeline is stored, or a recording does not fit (wrong channels,
+            too short, too long without ``long="epochs"``, a rate that cannot be
+            resampled, a transposed array).
         """
+        prepared = self._prepare(recordings, arg, long)
+        return prepared.x, prepared.batched
+
+    def _prepare(self, recordings, arg: str, long: str) -> "_Prepared":
+        """Summaries of raw recordings with their provenance (sources, labels, corrections)."""
+        if long not in LONG_OPTIONS:
+            raise ValueError(f"long: expected one of {LONG_OPTIONS}, got {long!r}")
         if self.summary is None:
             raise ValueError(
                 f"{arg}: this posterior has no stored summary pipeline, so it takes observations of "
                 f"shape {self.x_shape} (or a batch of them); train with NPE().fit(bank, ..., "
                 "summary=stat) or on a bank from simulators.Task.bank to accept raw recordings")
-        try:
-            r = np.asarray(recordings, dtype=np.float32)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{arg}: expected a numeric array, got {type(recordings).__name__}") from err
-        batched = r.ndim == 3
-        if r.ndim == 1:
-            r = r[:, None]
-        if r.ndim == 2:
-            r = r[None]
-        expected = ("(time, regions)" if self.recording_shape is None
-                    else f"{self.recording_shape} (time, regions)")
-        if r.ndim != 3 or r.shape[0] == 0:
-            raise ValueError(f"{arg}: expected one recording {expected} or a batch (m, time, regions), "
-                             f"got shape {np.shape(recordings)}")
-        if self.recording_shape is not None and r.shape[2] != self.recording_shape[1]:
-            raise ValueError(f"{arg}: expected recordings with {self.recording_shape[1]} regions "
-                             f"(shape {expected}), got shape {np.shape(recordings)}")
+        spec = self.recording_spec
+        items, batched, plain = self._recording_items(recordings, arg)
+        rows, sources, labels, corrections, made = [], [], [], [], []
+        for i, (item, label) in enumerate(items):
+            where = f"recording {i}" + (f" ({label!r})" if label != str(i) else "")
+            if spec is None:  # nothing known to check against
+                pieces = [(np.asarray(getattr(item, "data", item)), tuple(getattr(item, "notes", ())))]
+            else:
+                pieces = spec.conform(item, long=long, label=where, arg=arg)
+            known = len(getattr(item, "notes", ()))
+            for k, (data, notes) in enumerate(pieces):
+                if plain and spec is not None and spec.fs is not None:
+                    notes = (f"a plain array: taken to be sampled at {spec.fs:g} Hz (the trained rate)",) + notes
+                rows.append(data)
+                sources.append(i)
+                labels.append(label if len(pieces) == 1 else f"{label}[epoch {k}]")
+                corrections.append(tuple(notes))
+                made += [f"{where}: {n}" for n in notes[known:] if not n.startswith("a plain array")]
+        if plain and spec is not None and spec.fs is not None:
+            warnings.warn(f"{arg}: a plain array is taken to be sampled at {spec.fs:g} Hz, the rate the "
+                          "posterior was trained on; pass bmsbi.Recording(data, fs) to have its rate "
+                          "checked (and resampled)", RecordingWarning, stacklevel=4)
+        shapes = sorted({np.shape(r) for r in rows})
+        if len(shapes) > 1:
+            raise ValueError(f"{arg}: all recordings must have the same shape to be summarised together "
+                             f"(this posterior knows no recording shape to fit them to); got {shapes}")
+        r = np.stack([np.asarray(d, np.float32) for d in rows])
+        batched = batched or len(rows) > len(items)
+        expected = "(time, regions)" if spec is None else f"{self.recording_shape} (time, regions)"
         try:
             size = self.summary.output_size(r.shape[1], r.shape[2])
         except ValueError as err:
@@ -331,14 +402,48 @@ class Posterior:
             raise ValueError(f"{arg}: recordings of shape {r.shape[1:]} give {size} features, the posterior "
                              f"was trained on {self.x_shape}; expected recordings {expected}")
         x = np.asarray(self.summary.batch(r), np.float32).reshape((len(r),) + self.x_shape)
-        return x, batched
+        return _Prepared(x, batched, np.asarray(sources, np.int64), labels, corrections, made)
 
-    def _observations(self, data, *, warn_ood: bool, arg="x_obs"):
-        """Checked observations from observations or (with a summary) raw recordings."""
-        shape = np.shape(data)
-        if self.summary is None or self._is_observation_shape(shape):
+    def _recording_items(self, recordings, arg):
+        """``([(Recording or 2-D array, label), ...], batched, plain)`` from what the user passed."""
+        if isinstance(recordings, Recording):
+            return [(recordings, recordings.name or "0")], False, False
+        if isinstance(recordings, (list, tuple)) and any(isinstance(r, Recording) for r in recordings):
+            if not all(isinstance(r, Recording) for r in recordings):
+                kinds = sorted({type(r).__name__ for r in recordings})
+                raise ValueError(f"{arg}: expected a list of bmsbi.Recording or one array, got a list "
+                                 f"mixing {kinds}; wrap every array in bmsbi.Recording(data, fs)")
+            return [(r, r.name or str(i)) for i, r in enumerate(recordings)], True, False
+        try:
+            r = np.asarray(recordings, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{arg}: expected a bmsbi.Recording, a list of them or a numeric array, got "
+                             f"{type(recordings).__name__}") from err
+        batched = r.ndim == 3
+        r = r[:, None] if r.ndim == 1 else r
+        r = r[None] if r.ndim == 2 else r
+        expected = ("(time, regions)" if self.recording_shape is None
+                    else f"{self.recording_shape} (time, regions)")
+        if r.ndim != 3 or 0 in r.shape:
+            raise ValueError(f"{arg}: expected one recording {expected} or a batch (m, time, regions), "
+                             f"got shape {np.shape(recordings)}")
+        return [(a, str(i)) for i, a in enumerate(r)], batched, True
+
+    def _observations(self, data, *, warn_ood: bool, arg="x_obs", long: str = "refuse"):
+        """Checked observations from observations or (with a summary) raw recordings.
+
+        Changes made to recordings (resampling, reordering, epochs) are reported in one
+        :class:`bmsbi.RecordingWarning`.
+        """
+        if self.summary is None or not (_is_recording_input(data) or
+                                        not self._is_observation_shape(np.shape(data))):
+            if _is_recording_input(data):
+                self._prepare(data, arg, long)  # raises: no summary pipeline
             return self._check_x(data, arg)
-        x, batched = self.summarize(data, arg)
+        prepared = self._prepare(data, arg, long)
+        x, batched = prepared.x, prepared.batched
+        if prepared.made:
+            warnings.warn(f"{arg}: " + "; ".join(prepared.made), RecordingWarning, stacklevel=3)
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if bad.any():
             raise ValueError(f"{arg}: the summaries of {int(bad.sum())} of {len(x)} recordings hold NaN "
@@ -349,7 +454,7 @@ class Posterior:
                 warnings.warn(_ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=3)
         return x, batched
 
-    def ood_score(self, x_obs):
+    def ood_score(self, x_obs, *, long: str = "refuse"):
         """Out-of-distribution score of observations or raw recordings (see :mod:`bmsbi.ood`).
 
         Returns the k-nearest-neighbour distance to the training summaries over its
@@ -365,41 +470,71 @@ class Posterior:
         if self.ood is None:
             raise ValueError("x_obs: this posterior has no out-of-distribution reference (it needs a "
                              "training bank of at least 100 simulations)")
-        x, batched = self._raw_observations(x_obs)
-        s = self.ood.score(x)
-        return s if batched else s[0]
+        prepared = self._raw_observations(x_obs, long=long)
+        s = self.ood.score(prepared.x)
+        return s if prepared.batched else s[0]
 
-    def _raw_observations(self, data, arg="x_obs"):
+    def _raw_observations(self, data, arg="x_obs", long: str = "refuse") -> "_Prepared":
         """Observations (unchecked for finiteness) from observations or raw recordings."""
-        if self.summary is None or self._is_observation_shape(np.shape(data)):
+        if self.summary is None or not (_is_recording_input(data) or
+                                        not self._is_observation_shape(np.shape(data))):
+            if _is_recording_input(data):
+                self._prepare(data, arg, long)  # raises: no summary pipeline
             try:
                 x = np.asarray(data, dtype=np.float32)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{arg}: expected a numeric array, got {type(data).__name__}") from err
             if x.shape == self.x_shape:
-                return x[None], False
-            if self._is_observation_shape(x.shape) and len(x) > 0:
-                return x, True
-            raise ValueError(f"{arg}: expected shape {self.x_shape} (one observation) or (m, "
-                             f"{', '.join(map(str, self.x_shape))}) (a batch), got {x.shape}")
-        return self.summarize(data, arg)
+                x, batched = x[None], False
+            elif self._is_observation_shape(x.shape) and len(x) > 0:
+                batched = True
+            else:
+                raise ValueError(f"{arg}: expected shape {self.x_shape} (one observation) or (m, "
+                                 f"{', '.join(map(str, self.x_shape))}) (a batch), got {x.shape}")
+            m = len(x)
+            return _Prepared(x, batched, np.arange(m), [str(i) for i in range(m)], [()] * m, [])
+        return self._prepare(data, arg, long)
 
-    def infer(self, key, recordings, num_samples: int = 1000) -> "Inference":
+    def infer(self, key, recordings, num_samples: int = 1000, *, long: str = "refuse") -> "Inference":
         """Amortized inference on new recordings, each with an out-of-distribution flag.
 
         Parameters
         ----------
         key : jax.random.key
-        recordings : array
-            Raw recordings ``(time, regions)`` / ``(m, time, regions)`` when the posterior
-            stores a summary pipeline, else observations ``x_shape`` / ``(m, *x_shape)``.
+        recordings : Recording, list of Recording, or array
+            With a stored summary pipeline: :class:`bmsbi.Recording` objects (one, or a
+            list for a batch) or plain arrays ``(time, regions)`` / ``(m, time,
+            regions)``; without one, observations ``x_shape`` / ``(m, *x_shape)``.
         num_samples : int
+        long : {"refuse", "epochs"}
+            A recording longer than the trained length is refused (default; the error
+            names the options) or, with ``"epochs"``, split into whole epochs of the
+            trained length, each a row of the result (:attr:`Inference.source` says
+            which recording each row came from; the dropped tail is reported).
+
+        Recordings are fitted to :attr:`recording_spec`, every change recorded in
+        :attr:`Inference.corrections`:
+
+        - another sampling rate: resampled to the trained one by
+          ``scipy.signal.resample_poly`` when the rates are a ratio of integers up to
+          1000, else ``ValueError`` naming both rates;
+        - shorter than trained: ``ValueError`` naming the seconds needed and given;
+          longer: see ``long``;
+        - channel names on both sides: reordered by name; missing or extra names are
+          a ``ValueError`` listing them (select with ``rec.pick(names)``);
+        - a plain array keeps its meaning (sampled at the trained rate, its columns in
+          the trained order) with one :class:`bmsbi.RecordingWarning` per call when
+          the posterior knows its rate; one whose first axis has the trained channel
+          count and second does not is a ``ValueError`` suggesting the transpose;
+        - a flat (zero-variance) channel — a dead electrode? — is warned about and
+          noted, not refused.
 
         Returns
         -------
         Inference
             Samples ``(m, num_samples, d)`` (NaN rows for recordings whose summaries are
-            not finite), the observations, OOD scores, p-values and flags. A warning
+            not finite), the observations, OOD scores, p-values and flags, and per row
+            a label, the index of its recording and the corrections made. A warning
             names the flagged recordings: their posteriors extrapolate beyond anything
             simulated and should not be trusted.
 
@@ -408,10 +543,14 @@ class Posterior:
         >>> res = post.infer(jax.random.key(0), recordings, 1000)  # doctest: +SKIP
         >>> res.samples.shape, res.flagged                              # doctest: +SKIP
         ((3, 1000, 4), array([False, False,  True]))
+        >>> res = post.infer(jax.random.key(0), bmsbi.read_recording("rest.edf"), long="epochs")  # doctest: +SKIP
+        >>> print(res.report())                                         # doctest: +SKIP
+        rest.edf[epoch 0]: resampled from 1000 Hz to 250 Hz (...); epoch 0 of 15 (...)
         """
         key = as_key(key)
         num_samples = _as_int(num_samples, "num_samples")
-        x, _ = self._raw_observations(recordings, "recordings")
+        prepared = self._raw_observations(recordings, "recordings", long=long)
+        x = prepared.x
         finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if self.ood is not None:
             score, pvalue = self.ood.score(x), self.ood.pvalue(x)
@@ -428,20 +567,21 @@ class Posterior:
             warnings.warn(_ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=2)
         return Inference(samples=samples, x=x, ood_score=np.asarray(score, np.float64),
                          ood_pvalue=np.asarray(pvalue, np.float64), flagged=flagged,
-                         names=self.names)
+                         names=self.names, labels=prepared.labels, source=prepared.sources,
+                         corrections=prepared.corrections)
 
-    def log_prob(self, theta, x_obs) -> jax.Array:
+    def log_prob(self, theta, x_obs, *, long: str = "refuse") -> jax.Array:
         """Posterior log density ``log q(theta | x_obs)``.
 
-        ``x_obs`` may also be raw recordings when the posterior stores a summary
-        pipeline (as in :meth:`sample`).
+        ``x_obs`` may also be raw recordings (:class:`bmsbi.Recording` or arrays) when
+        the posterior stores a summary pipeline (as in :meth:`sample`; ``long`` as there).
 
         Shapes: one observation with ``theta`` ``(d,)`` → scalar, ``(k, d)`` → ``(k,)``;
         a batch ``(m, *x_shape)`` with ``theta`` ``(m, k, d)`` (paired per observation)
         or ``(k, d)`` (the same points for every observation) → ``(m, k)``.
         ``theta`` outside the prior's support gives ``-inf`` (never NaN).
         """
-        x, batched = self._observations(x_obs, warn_ood=False)
+        x, batched = self._observations(x_obs, warn_ood=False, long=long)
         th = np.asarray(theta, dtype=np.float32)
         d = self.dim
         if th.ndim == 0 or th.shape[-1] != d:
@@ -465,19 +605,20 @@ class Posterior:
         return lp[0, 0] if single else lp[0]
 
     def map(self, x_obs, *, key=None, num_samples: int = 1000, num_steps: int = 200,
-            learning_rate: float = 1e-2) -> jax.Array:
+            learning_rate: float = 1e-2, long: str = "refuse") -> jax.Array:
         """Maximum a posteriori estimate(s): best of ``num_samples`` draws, then Adam ascent.
 
         The ascent runs in the prior's unconstrained space (so it never leaves the
         support) on the posterior density of ``theta``. Returns ``(d,)`` for one
         observation, ``(m, d)`` for a batch. ``num_steps=0`` keeps the best draw.
+        ``x_obs`` and ``long`` as in :meth:`sample`.
         """
         key = jax.random.key(0) if key is None else as_key(key)
         num_samples = _as_int(num_samples, "num_samples")
         num_steps = _as_int(num_steps, "num_steps", minimum=0)
         if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
             raise ValueError(f"learning_rate: expected a positive float, got {learning_rate!r}")
-        x, batched = self._observations(x_obs, warn_ood=False)
+        x, batched = self._observations(x_obs, warn_ood=False, long=long)
         out = self._compiled("map")(self._params(), key, jnp.asarray(x), num_samples, num_steps,
                                     float(learning_rate))
         return out if batched else out[0]
@@ -521,7 +662,8 @@ class Posterior:
         return jax.vmap(one)(best, x)
 
     def to_arviz(self, key, x_obs, num_samples: int = 1000, num_chains: int | None = None, *,
-                 simulator=None, num_prior_samples: int | None = None, feature_names=None):
+                 simulator=None, num_prior_samples: int | None = None, feature_names=None,
+                 long: str = "refuse"):
         """Posterior, prior and posterior predictive for ONE observation as ``arviz.InferenceData``.
 
         Groups (ArviZ's schema):
@@ -545,7 +687,8 @@ class Posterior:
         ----------
         key : jax.random.key or int
         x_obs : array, shape ``x_shape``
-            One observation (call per observation for a batch).
+            One observation (call per observation for a batch), or one raw recording
+            (a :class:`bmsbi.Recording` or an array; see :meth:`infer`).
         num_samples : int, default 1000
             Draws per chain.
         num_chains : int, optional
@@ -560,6 +703,9 @@ class Posterior:
             Prior draws; default ``num_samples * num_chains``.
         feature_names : sequence of str, optional
             Coordinates of the last axis of ``x`` (e.g. ``task.feature_names``).
+        long : {"refuse", "epochs"}
+            As in :meth:`sample`; a recording split into several epochs is a batch,
+            which ``to_arviz`` refuses (use :meth:`infer`).
 
         Returns
         -------
@@ -585,10 +731,11 @@ class Posterior:
         if simulator is not None and not callable(simulator):
             raise ValueError(f"simulator: expected a callable simulator(theta, key) -> x or None, "
                              f"got {type(simulator).__name__}")
-        x, batched = self._observations(x_obs, warn_ood=True)
+        x, batched = self._observations(x_obs, warn_ood=True, long=long)
         if batched:
             raise ValueError(f"x_obs: to_arviz takes one observation of shape {self.x_shape}, got a "
-                             f"batch {x.shape}; call it per observation")
+                             f"batch {x.shape} (several recordings, or one split into epochs); call it "
+                             "per observation, or use infer for a batch")
         if feature_names is None and self.summary is not None and self.recording_shape is not None \
                 and len(self.x_shape) == 1:
             feature_names = self.summary.feature_names(self.recording_shape[1])
@@ -646,6 +793,8 @@ class Posterior:
         header["data"] = {
             "summary": None if self.summary is None else self.summary.to_dict(),
             "recording_shape": None if self.recording_shape is None else list(self.recording_shape),
+            "recording_fs": self.recording_fs,
+            "recording_channels": None if self.recording_channels is None else list(self.recording_channels),
             "ood": ood_entries, "arrays_offset": len(payload), "arrays_index": index}
         payload = payload + extra
         return bio.write_file(path, kind=_KIND, schema_version=SCHEMA_VERSION, header=header,
@@ -890,8 +1039,31 @@ def load_posterior(path) -> Posterior:
     post.summary = None if data.get("summary") is None else summaries.from_dict(data["summary"])
     shape = data.get("recording_shape")
     post.recording_shape = None if shape is None else tuple(int(v) for v in shape)
+    if shape is not None:  # schema 3: rate and channel names (None in older files)
+        try:
+            spec = RecordingSpec(*post.recording_shape, fs=data.get("recording_fs"),
+                                 channels=data.get("recording_channels"))
+        except ValueError as err:
+            raise ValueError(f"path: the file's recording spec is malformed ({err})") from None
+        post.recording_fs, post.recording_channels = spec.fs, spec.channels
     post.ood = None if data.get("ood") is None else OODReference.from_file(data["ood"], arrays)
     return post
+
+
+class _Prepared(NamedTuple):
+    """Observations made from raw recordings, with where each row came from."""
+
+    x: np.ndarray            # (m, *x_shape) float32, possibly non-finite
+    batched: bool
+    sources: np.ndarray      # (m,) index of the input recording of each row
+    labels: list             # (m,) str
+    corrections: list        # (m,) tuple of str: what was done to each row's data
+    made: list               # changes this call made, "recording i: ..." (for warnings)
+
+
+def _is_recording_input(data) -> bool:
+    return isinstance(data, Recording) or (
+        isinstance(data, (list, tuple)) and any(isinstance(r, Recording) for r in data))
 
 
 class OutOfDistributionWarning(UserWarning):
@@ -925,6 +1097,15 @@ class Inference:
         Out of distribution (or non-finite summaries).
     names : tuple of str
         Parameter names.
+    labels : list of str
+        A label per row: the recording's name (or its index), with ``[epoch k]`` for
+        rows cut from a longer recording (``long="epochs"``).
+    source : numpy int array ``(m,)``
+        Index of the recording (in the call's input) each row came from.
+    corrections : list of tuple of str
+        Per row, what was done to its recording before inference (read-time
+        conversions, resampling, channel reordering, the epoch and the seconds dropped,
+        flat channels); empty when it was used as given. :meth:`report` lists them.
     """
 
     samples: np.ndarray
@@ -933,6 +1114,22 @@ class Inference:
     ood_pvalue: np.ndarray
     flagged: np.ndarray
     names: tuple
+    labels: list | None = None
+    source: np.ndarray | None = None
+    corrections: list | None = None
+
+    def __post_init__(self):
+        m = len(self.samples)
+        self.labels = [str(i) for i in range(m)] if self.labels is None else [str(v) for v in self.labels]
+        self.source = np.arange(m) if self.source is None else np.asarray(self.source, np.int64)
+        self.corrections = [()] * m if self.corrections is None else [tuple(c) for c in self.corrections]
+
+    def report(self) -> str:
+        """One line per row that was changed before inference: ``label: what was done``.
+
+        Empty when every recording was used as given.
+        """
+        return "\n".join(f"{lab}: " + "; ".join(c) for lab, c in zip(self.labels, self.corrections) if c)
 
     def mean(self) -> np.ndarray:
         """Posterior means ``(m, d)``."""
@@ -941,10 +1138,10 @@ class Inference:
     def table(self, labels=None) -> str:
         """One line per recording: posterior mean ± sd per parameter, OOD score, flag.
 
-        ``labels`` (one string per recording, e.g. file names) replaces the row numbers.
+        ``labels`` (one string per row, e.g. file names) replaces :attr:`labels`.
         """
         mean, sd = self.samples.mean(axis=1), self.samples.std(axis=1)
-        labels = [str(i) for i in range(len(self.samples))] if labels is None else [str(v) for v in labels]
+        labels = self.labels if labels is None else [str(v) for v in labels]
         if len(labels) != len(self.samples):
             raise ValueError(f"labels: expected {len(self.samples)} labels, got {len(labels)}")
         width = max([9] + [len(v) for v in labels])
