@@ -15,8 +15,9 @@ from .estimators import NPE, NLE, NRE, MCMCPosterior
 from .trainer import Trainer, TrainingHistory, EarlyStopping, ModelCheckpoint
 from . import discovery  # registers the discovery benchmark datasets
 from . import tasks  # registers the evidence-integration task in brainmass.datasets
+from . import datasets  # real fMRI loaders (data from the extra bmsbi[empirical]); registered in brainmass.datasets
 
 __all__ = ["Prior", "Recording", "RecordingSpec", "RecordingWarning", "read_recording", "Bank", "simulate_bank", "simulate_at", "NPE", "NLE", "NRE", "Posterior", "DirectPosterior",
            "MCMCPosterior", "Inference", "OutOfDistributionWarning", "load_posterior", "Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint", "tasks", "discovery",
-           "engine", "summaries", "embeddings", "diagnostics", "plotting", "ood",
+           "datasets", "engine", "summaries", "embeddings", "diagnostics", "plotting", "ood",
            "__version__"]

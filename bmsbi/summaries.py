@@ -70,6 +70,9 @@ __all__ = [
     "BandPower",
     "SpectralPeak",
     "FC",
+    "FCStats",
+    "FCStrength",
+    "BandPassed",
     "FCD",
     "Combined",
     "combine",
@@ -132,6 +135,16 @@ def _positive_float_arg(value: Any, name: str, owner: str) -> float:
     if fvalue <= 0:
         raise ValueError(f"{owner}: {name} must be > 0; got {fvalue}.")
     return fvalue
+
+
+def _quantiles_arg(quantiles: Any, owner: str) -> tuple[float, ...]:
+    expected = f"{owner}: quantiles must be a sequence of floats in [0, 1]"
+    if isinstance(quantiles, (str, bytes)) or not isinstance(quantiles, Sequence | np.ndarray):
+        raise ValueError(f"{expected}; got {quantiles!r}.")
+    quantiles = tuple(_float_arg(q, "each entry of quantiles", owner) for q in quantiles)
+    if not all(0.0 <= q <= 1.0 for q in quantiles):
+        raise ValueError(f"{expected}; got {quantiles}.")
+    return quantiles
 
 
 def _int_tuple_arg(value: Any, name: str, owner: str, minimum: int) -> tuple[int, ...]:
@@ -594,10 +607,14 @@ class Autocorrelation(Summary):
     lags : sequence of int, default (1, 2, 5, 10)
         Distinct lags in samples, each ``>= 1``; the signal needs more than
         ``max(lags)`` samples.
+    average : bool, default False
+        Average each lag's autocorrelation over regions (one value per lag), e.g. for
+        a whole-brain recording whose regions share their time scales.
 
     Notes
     -----
-    Output is ``(len(lags), regions)`` flattened, named ``acf_lag1[r0]``, ...
+    Output is ``(len(lags), regions)`` flattened, named ``acf_lag1[r0]``, ...; with
+    ``average=True`` it is ``(len(lags),)``, named ``acf_lag1``, ...
 
     Example
     -------
@@ -607,22 +624,28 @@ class Autocorrelation(Summary):
     """
 
     lags: tuple[int, ...] = (1, 2, 5, 10)
+    average: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lags", _int_tuple_arg(self.lags, "lags", "Autocorrelation", 1))
+        if not isinstance(self.average, (bool, np.bool_)):
+            raise ValueError(f"Autocorrelation: average must be True or False; got {self.average!r}.")
+        object.__setattr__(self, "average", bool(self.average))
 
     def _check(self, n_time: int, n_regions: int) -> None:
         _check_time("Autocorrelation", n_time, max(self.lags) + 1, f"lags={self.lags}")
 
     def _names(self, n_regions: int) -> list[str]:
-        return _per_region([f"acf_lag{k}" for k in self.lags], n_regions)
+        labels = [f"acf_lag{k}" for k in self.lags]
+        return labels if self.average else _per_region(labels, n_regions)
 
     def _compute(self, x: jax.Array) -> jax.Array:
         _, d = _center(x, axis=0)
         energy = jnp.sum(d * d, axis=0)
-        return jnp.stack(
+        acf = jnp.stack(
             [_safe_divide(jnp.sum(d[:-k] * d[k:], axis=0), energy) for k in self.lags]
         )
+        return jnp.mean(acf, axis=1) if self.average else acf
 
 
 @_register
@@ -979,13 +1002,7 @@ class FCD(Summary):
         fs = _positive_float_arg(self.fs, "fs", owner)
         window = _int_arg(self.window, "window", owner, 2)
         step = _int_arg(self.step, "step", owner, 1)
-        quantiles = self.quantiles
-        expected = f"{owner}: quantiles must be a sequence of floats in [0, 1]"
-        if isinstance(quantiles, (str, bytes)) or not isinstance(quantiles, Sequence | np.ndarray):
-            raise ValueError(f"{expected}; got {quantiles!r}.")
-        quantiles = tuple(_float_arg(q, "each entry of quantiles", owner) for q in quantiles)
-        if not all(0.0 <= q <= 1.0 for q in quantiles):
-            raise ValueError(f"{expected}; got {quantiles}.")
+        quantiles = _quantiles_arg(self.quantiles, owner)
         _set_fields(self, fs=fs, window=window, step=step, quantiles=quantiles)
 
     @property
@@ -1016,6 +1033,193 @@ class FCD(Summary):
         if self.quantiles:
             stats.append(jnp.quantile(fcd, jnp.asarray(self.quantiles, fcd.dtype)))
         return jnp.concatenate([jnp.atleast_1d(s) for s in stats])
+
+
+@_register
+@dataclasses.dataclass(frozen=True)
+class FCStats(Summary):
+    """Distribution and leading eigenvalues of the functional connectivity.
+
+    From the region-by-region Pearson correlation matrix over time (as :class:`FC`):
+    the mean, the standard deviation (ddof=0) and the ``quantiles`` of its strict upper
+    triangle, then its ``n_eigen`` largest eigenvalues divided by the number of regions
+    (the share of variance in the leading modes: near 1/regions each for independent
+    regions, the first near 1 for a globally synchronised brain). Constant regions count
+    as correlation 0. Needs at least 2 regions and ``n_eigen <= regions``.
+
+    Parameters
+    ----------
+    quantiles : sequence of float, default (0.1, 0.5, 0.9)
+        Quantile levels in ``[0, 1]``.
+    n_eigen : int, default 3
+        Number of leading eigenvalues, ``>= 0``.
+
+    Notes
+    -----
+    Output is ``(2 + len(quantiles) + n_eigen,)``, named ``fc_mean``, ``fc_std``,
+    ``fc_q0.1``, ..., ``fc_eig1``, ...
+
+    Example
+    -------
+    >>> FCStats(n_eigen=1).feature_names(4)
+    ['fc_mean', 'fc_std', 'fc_q0.1', 'fc_q0.5', 'fc_q0.9', 'fc_eig1']
+    """
+
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    n_eigen: int = 3
+
+    def __post_init__(self) -> None:
+        _set_fields(self, quantiles=_quantiles_arg(self.quantiles, "FCStats"),
+                    n_eigen=_int_arg(self.n_eigen, "n_eigen", "FCStats", 0))
+
+    def _check(self, n_time: int, n_regions: int) -> None:
+        _check_regions("FCStats", n_regions, max(2, self.n_eigen), f"n_eigen={self.n_eigen} and a correlation")
+
+    def _names(self, n_regions: int) -> list[str]:
+        return (["fc_mean", "fc_std"] + [f"fc_q{q:g}" for q in self.quantiles]
+                + [f"fc_eig{k + 1}" for k in range(self.n_eigen)])
+
+    def _compute(self, x: jax.Array) -> jax.Array:
+        n_time, n_regions = x.shape
+        z = _standardize(x, axis=0)
+        corr = jnp.einsum("tr,ts->rs", z, z, precision=_HIGHEST) / n_time
+        rows, cols = np.triu_indices(n_regions, 1)
+        upper = jnp.clip(corr[rows, cols], -1.0, 1.0)
+        mean, d = _center(upper, axis=0)
+        stats = [jnp.atleast_1d(mean), jnp.atleast_1d(_std(d, axis=0))]
+        if self.quantiles:
+            stats.append(jnp.quantile(upper, jnp.asarray(self.quantiles, upper.dtype)))
+        if self.n_eigen:
+            # constant regions have a zero diagonal in corr; the trace is not assumed
+            eig = jnp.linalg.eigvalsh(corr)[::-1][: self.n_eigen]
+            stats.append(eig / n_regions)
+        return jnp.concatenate(stats)
+
+
+@_register
+@dataclasses.dataclass(frozen=True)
+class FCStrength(Summary):
+    """Per-region functional connectivity strength: mean correlation with the other regions.
+
+    Row means of the Pearson correlation matrix without its diagonal (``regions``
+    values): which regions are hubs of the functional network. Much shorter than the
+    full :class:`FC` triangle (``regions`` instead of ``regions * (regions - 1) / 2``
+    values) while keeping a regional pattern. Needs at least 2 regions.
+
+    Notes
+    -----
+    Output is ``(regions,)``, named ``fc_strength[r0]``, ...
+
+    Example
+    -------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.stack([jnp.arange(5.0), jnp.arange(5.0), -jnp.arange(5.0)], axis=1)
+    >>> [round(v, 4) for v in FCStrength()(x).tolist()]
+    [0.0, 0.0, -1.0]
+    """
+
+    def _check(self, n_time: int, n_regions: int) -> None:
+        _check_regions("FCStrength", n_regions, 2, "a correlation between regions")
+
+    def _names(self, n_regions: int) -> list[str]:
+        return _per_region(["fc_strength"], n_regions)
+
+    def _compute(self, x: jax.Array) -> jax.Array:
+        n_time, n_regions = x.shape
+        z = _standardize(x, axis=0)
+        corr = jnp.clip(jnp.einsum("tr,ts->rs", z, z, precision=_HIGHEST) / n_time, -1.0, 1.0)
+        corr = corr * (1.0 - jnp.eye(n_regions, dtype=corr.dtype))
+        return jnp.sum(corr, axis=1) / (n_regions - 1)
+
+
+@_register
+@dataclasses.dataclass(frozen=True)
+class BandPassed(Summary):
+    """Another statistic of the signal after linear detrending and a zero-phase band-pass.
+
+    Each region is detrended (least-squares line removed), then frequencies outside
+    ``[low, high]`` Hz are zeroed in its discrete Fourier transform (an ideal, zero-phase
+    filter, applied identically to simulated and recorded signals), and ``stats`` is
+    computed on the result. This is the usual preprocessing of resting-state BOLD
+    before functional connectivity (e.g. 0.01-0.1 Hz) and removes scanner offsets and
+    drifts, so a raw recording in scanner units and a simulation give comparable
+    features.
+
+    Parameters
+    ----------
+    fs : float
+        Sampling rate, Hz.
+    low, high : float
+        Pass band in Hz, ``0 <= low < high <= fs / 2``.
+    stats : Summary
+        The statistic computed on the filtered signal (e.g. a :func:`combine`).
+
+    Notes
+    -----
+    Output and names are those of ``stats``. The signal needs at least one Fourier
+    bin inside the band (``n_time >= fs / (high - low)`` samples suffice).
+
+    Example
+    -------
+    >>> import jax.numpy as jnp
+    >>> t = jnp.arange(1000) / 10.0                       # 100 s at 10 Hz
+    >>> x = jnp.sin(2 * jnp.pi * 0.05 * t) + 5.0 + jnp.sin(2 * jnp.pi * 2.0 * t)
+    >>> stat = BandPassed(10.0, 0.01, 0.1, Moments(orders=(1, 2)))
+    >>> mean, std = stat(x).tolist()       # offset and the 2 Hz wave removed
+    >>> abs(mean) < 1e-4, round(std, 1)     # the 0.05 Hz sine: about 1 / sqrt(2)
+    (True, 0.7)
+    """
+
+    fs: float
+    low: float
+    high: float
+    stats: Summary
+
+    def __post_init__(self) -> None:
+        owner = "BandPassed"
+        fs = _positive_float_arg(self.fs, "fs", owner)
+        low, high = _float_arg(self.low, "low", owner), _float_arg(self.high, "high", owner)
+        if not 0.0 <= low < high <= fs / 2.0:
+            raise ValueError(f"{owner}: expected 0 <= low < high <= fs / 2 = {fs / 2:g} Hz; "
+                             f"got low={low:g}, high={high:g}.")
+        if not isinstance(self.stats, Summary):
+            raise ValueError(f"{owner}: stats must be a Summary; got {type(self.stats).__name__}.")
+        _set_fields(self, fs=fs, low=low, high=high)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "BandPassed", "fs": self.fs, "low": self.low, "high": self.high,
+                "stats": self.stats.to_dict()}
+
+    @classmethod
+    def _from_settings(cls, settings: dict[str, Any]) -> Summary:
+        stats = settings.get("stats")
+        if not isinstance(stats, Mapping):
+            raise ValueError(f"from_dict: BandPassed needs 'stats', a dict; got {stats!r}.")
+        return super()._from_settings({**settings, "stats": from_dict(stats)})
+
+    def _mask(self, n_time: int) -> np.ndarray:
+        freqs = np.fft.rfftfreq(n_time, 1.0 / self.fs)
+        return (freqs >= self.low) & (freqs <= self.high)
+
+    def _check(self, n_time: int, n_regions: int) -> None:
+        _check_time("BandPassed", n_time, 2, "a trend and a spectrum")
+        if not self._mask(n_time).any():
+            raise ValueError(f"BandPassed: no Fourier bin of a {n_time}-sample signal at "
+                             f"{self.fs:g} Hz lies in [{self.low:g}, {self.high:g}] Hz; "
+                             f"a longer signal is needed.")
+        self.stats._check(n_time, n_regions)
+
+    def _names(self, n_regions: int) -> list[str]:
+        return self.stats._names(n_regions)
+
+    def _compute(self, x: jax.Array) -> jax.Array:
+        n_time = x.shape[0]
+        t = jnp.linspace(-1.0, 1.0, n_time, dtype=x.dtype)[:, None]
+        mean, d = _center(x, axis=0)
+        slope = jnp.sum(t * d, axis=0) / jnp.sum(t * t)
+        d = d - t * slope
+        spectrum = jnp.fft.rfft(d, axis=0) * jnp.asarray(self._mask(n_time), d.dtype)[:, None]
+        return self.stats._compute(jnp.fft.irfft(spectrum, n=n_time, axis=0).astype(x.dtype))
 
 
 @_register
@@ -1084,7 +1288,7 @@ def combine(*stats: Summary) -> Combined:
     Example
     -------
     >>> combine(Moments(), combine(FC(), Autocorrelation())).stats
-    (Moments(orders=(1, 2, 3, 4)), FC(), Autocorrelation(lags=(1, 2, 5, 10)))
+    (Moments(orders=(1, 2, 3, 4)), FC(), Autocorrelation(lags=(1, 2, 5, 10), average=False))
     """
     flat: list[Summary] = []
     for s in stats:

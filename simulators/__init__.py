@@ -14,9 +14,15 @@ jansen_rit     ``JansenRitStep``, EEG proxy     A, B, C, mu                     
 wilson_cowan   ``WilsonCowanStep`` + OU noise   wEE, wIE, P, sigma                (1000, 1)
 montbrio       ``MontbrioPazoRoxinStep``        eta, J, Delta, sigma              (1000, 1)
 hopf_network   ``Network`` of 8 Hopf nodes      G, a, sigma                       (1000, 8)
+hopf_bold_hcp  94-region Hopf BOLD, HCP         G, a, sigma                       (1200, 94)
+hopf_bold_gw   94-region Hopf BOLD, gw          G, a, sigma                       (355, 94)
 =============  ===============================  ================================  ==========
 
-All recordings are 4 s at 250 Hz after a discarded 0.5 s transient. Importing the
+The single-node and 8-region recordings are 4 s at 250 Hz after a discarded 0.5 s
+transient. The ``hopf_bold_*`` tasks (:mod:`simulators.hopf_bold`) are whole-brain
+resting-state BOLD models on the real connectomes of :mod:`bmsbi.datasets`, sampled at
+the dataset's TR (0.72 s or 2 s) for its length; they are built on first use and need
+the optional extra ``pip install "bmsbi[empirical]"``. Importing the
 package also registers a small pre-simulated bank per task with
 ``brainmass.datasets`` as ``bmsbi_<task>_bank`` (512 simulations of the default
 summary, a :class:`bmsbi.Bank`).
@@ -25,7 +31,7 @@ Examples
 --------
 >>> import jax, simulators
 >>> simulators.list_tasks()
-['hopf_network', 'hopf_node', 'jansen_rit', 'montbrio', 'wilson_cowan']
+['hopf_bold_gw', 'hopf_bold_hcp', 'hopf_network', 'hopf_node', 'jansen_rit', 'montbrio', 'wilson_cowan']
 >>> task = simulators.get("jansen_rit")
 >>> task.prior.names
 ('A', 'B', 'C', 'mu')
@@ -39,7 +45,9 @@ Examples
 
 from __future__ import annotations
 
-from . import hopf_network, hopf_node, jansen_rit, montbrio, wilson_cowan
+import functools
+
+from . import hopf_bold, hopf_network, hopf_node, jansen_rit, montbrio, wilson_cowan
 from ._datasets import bank_path, dataset_name, load_bank, register_banks
 from ._task import Task
 
@@ -55,6 +63,7 @@ __all__ = [
     "wilson_cowan",
     "montbrio",
     "hopf_network",
+    "hopf_bold",
 ]
 
 _TASKS: dict[str, Task] = {
@@ -62,9 +71,14 @@ _TASKS: dict[str, Task] = {
 }
 
 
+# Tasks built on first use (they read data files from an optional extra).
+_LAZY = {f"hopf_bold_{name}": functools.partial(hopf_bold.make_task, name)
+         for name in hopf_bold.DATASETS}
+
+
 def list_tasks() -> list[str]:
     """Names of the ready-made tasks, sorted."""
-    return sorted(_TASKS)
+    return sorted([*_TASKS, *_LAZY])
 
 
 def get(name: str) -> Task:
@@ -74,10 +88,15 @@ def get(name: str) -> Task:
     ------
     KeyError
         For an unknown name; the message lists the available tasks.
+    ValueError
+        For a ``hopf_bold_*`` task when its data (the extra ``bmsbi[empirical]``) is
+        not installed; the message names the extra.
     """
+    if name in _LAZY:
+        return _LAZY[name]()
     if name not in _TASKS:
         raise KeyError(f"name: unknown task {name!r}; available tasks: {', '.join(list_tasks())}")
     return _TASKS[name]
 
 
-register_banks(list_tasks())
+register_banks(sorted(_TASKS))  # the lazy tasks ship no bank

@@ -106,6 +106,9 @@ class Task:
     obs_noise : float
         Standard deviation of the white measurement noise added to the recording,
         in recording units.
+    channels : tuple of str, optional
+        Name of each recording column (e.g. atlas regions); ``None`` when the columns
+        are anonymous.
 
     Examples
     --------
@@ -127,6 +130,7 @@ class Task:
     description: str
     units: Mapping[str, str]
     obs_noise: float = 0.0
+    channels: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if not isinstance(self.prior, bmsbi.Prior):
@@ -138,6 +142,12 @@ class Task:
         if not bool(self.prior.in_support(jnp.asarray(self.true_theta, jnp.float32))):
             raise ValueError(f"true_theta: {self.true_theta} lies outside the prior's support")
         object.__setattr__(self, "true_theta", tuple(float(t) for t in self.true_theta))
+        if self.channels is not None:
+            channels = tuple(self.channels)
+            if len(channels) != self.n_regions or len(set(channels)) != len(channels) \
+                    or not all(isinstance(c, str) for c in channels):
+                raise ValueError(f"channels: expected {self.n_regions} distinct names, got {channels!r}")
+            object.__setattr__(self, "channels", channels)
 
     # ------------------------------------------------------------------ checks
     def _check_theta(self, theta) -> jax.Array:
@@ -224,8 +234,8 @@ class Task:
         """Simulate ``n`` draws from the prior: ``bmsbi.simulate_bank(simulate, prior, n, key=key, **kwargs)``.
 
         The bank's ``meta`` gains ``task``, ``summary`` (the summary's ``to_dict``),
-        ``recording_shape`` ``[n_time, n_regions]``, ``fs`` and ``prior`` (its
-        ``to_dict``), also in a bank folder's manifest (``path=``): a posterior trained on
+        ``recording_shape`` ``[n_time, n_regions]``, ``fs``, ``prior`` (its
+        ``to_dict``) and ``channels`` (when the task names its columns), also in a bank folder's manifest (``path=``): a posterior trained on
         it then accepts raw recordings (see :meth:`bmsbi.Posterior.infer`), and
         ``bmsbi train`` finds the task and prior.
 
@@ -239,6 +249,8 @@ class Task:
         meta = {**dict(kwargs.pop("meta", None) or {}), "task": self.name,
                 "summary": self.summary.to_dict(), "recording_shape": [self.n_time, self.n_regions],
                 "fs": self.fs, "prior": self.prior.to_dict()}
+        if self.channels is not None:
+            meta["channels"] = list(self.channels)
         return bmsbi.simulate_bank(self.simulator, self.prior, n, key=key, meta=meta, **kwargs)
 
     def __repr__(self) -> str:
