@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -166,26 +167,7 @@ def cmd_train(args) -> None:
 
 
 # ---------------------------------------------------------------------- infer
-def _read_array(path: str):
-    """The array in a ``.npy`` or ``.csv`` file (csv: rows = time, columns = regions)."""
-    p = _existing(path, "recordings")
-    if p.is_dir():
-        raise CLIError(f"recordings: {path} is a folder, expected a .npy or .csv file")
-    import numpy as np
-
-    if p.suffix.lower() == ".npy":
-        try:
-            a = np.load(p, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise CLIError(f"recordings: cannot read {path} as a .npy array ({_first_line(exc)})") from None
-    elif p.suffix.lower() == ".csv":
-        a = _read_csv(p)
-    else:
-        raise CLIError(f"recordings: {path}: expected a .npy or .csv file, got {p.suffix or 'no suffix'!r}")
-    if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.number) or a.size == 0:
-        raise CLIError(f"recordings: {path} holds no numeric data (dtype {getattr(a, 'dtype', '?')}, "
-                       f"shape {getattr(a, 'shape', '?')})")
-    return a.astype(np.float32)
+_PLAIN_SUFFIXES = (".npy", ".csv")
 
 
 def _first_line(exc) -> str:
@@ -193,42 +175,66 @@ def _first_line(exc) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _read_csv(p: Path):
-    """Numbers separated by commas; one header line of column names is skipped."""
+def _read_file(path: str, fs, channels):
+    """``(array or None, Recording or None)`` from one recording file.
+
+    ``.npy``/``.csv`` files without a rate (no ``--fs``, no side-car ``.json``) come back
+    as arrays; everything else through :func:`bmsbi.read_recording`.
+    """
     import numpy as np
 
+    import bmsbi
+    from bmsbi.recording import read_csv
+
+    p = _existing(path, "recordings")
+    if p.is_dir():
+        raise CLIError(f"recordings: {path} is a folder, expected a recording file")
+    plain = p.suffix.lower() in _PLAIN_SUFFIXES
     try:
-        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CLIError(f"recordings: cannot read {p} as a CSV file ({_first_line(exc)})") from None
-    if lines:
-        try:
-            [float(v) for v in lines[0].split(",")]
-        except ValueError:
-            lines = lines[1:]  # a header row
-    if not lines:
-        raise CLIError(f"recordings: {p} holds no rows of numbers")
-    try:
-        rows = [[float(v) for v in ln.split(",")] for ln in lines]
-    except ValueError as exc:
-        raise CLIError(f"recordings: {p} is not a CSV of numbers ({exc})") from None
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise CLIError(f"recordings: {p} has rows of different lengths {sorted(widths)}; expected one "
-                       "column per region and one row per time step")
-    return np.asarray(rows, dtype=np.float64)
+        if plain and (fs is None or _is_batch_npy(p)) and not p.with_suffix(".json").exists():
+            a = np.load(p, allow_pickle=False) if p.suffix.lower() == ".npy" else read_csv(p)[0]
+            if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.number) or a.size == 0:
+                raise CLIError(f"recordings: {path} holds no numeric data (dtype {getattr(a, 'dtype', '?')}, "
+                               f"shape {getattr(a, 'shape', '?')})")
+            return a, None
+        return None, bmsbi.read_recording(p, fs=fs, channels=channels)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CLIError(f"recordings: {path}: {_strip_arg(_first_line(exc))}") from None
 
 
-def _recordings(posterior, paths):
-    """All recordings as one batch ``(m, ...)`` and a label per recording."""
-    import math
-
+def _is_batch_npy(p: Path) -> bool:
+    """A ``.npy`` file holding a batch ``(m, time, regions)`` (read without loading it)."""
     import numpy as np
 
-    arrays, labels = [], []
+    if p.suffix.lower() != ".npy":
+        return False
+    try:
+        return np.load(p, mmap_mode="r", allow_pickle=False).ndim == 3
+    except (ValueError, OSError, EOFError):
+        return False
+
+
+def _recordings(posterior, paths, *, fs=None, channels=None):
+    """What ``posterior.infer`` takes for ``paths``, a label per input row, and notes to print.
+
+    With a posterior that knows its recordings' rate every file becomes a
+    :class:`bmsbi.Recording` named after it (a batch file ``(m, time, regions)`` one per
+    row): ``.npy``/``.csv`` at ``--fs``, their side-car's rate, or, failing both, the trained
+    rate (a note says so). Otherwise the files are arrays stacked into one batch.
+    """
+    import numpy as np
+
+    import bmsbi
+
+    spec = posterior.recording_spec
+    items, labels, assumed = [], [], []
     for path in paths:
-        a = _read_array(path)
+        a, rec = _read_file(path, fs, channels)
         name = Path(path).name
+        if rec is not None:
+            items.append(rec)
+            labels.append(name)
+            continue
         if posterior.summary is None:  # the posterior takes summaries (observations) directly
             if a.shape == posterior.x_shape:
                 a = a[None]
@@ -236,28 +242,39 @@ def _recordings(posterior, paths):
                 raise CLIError(f"recordings: {path} has shape {a.shape}; this posterior has no summary "
                                f"pipeline and takes observations of shape {posterior.x_shape} or "
                                f"(m, {', '.join(map(str, posterior.x_shape))})")
+        elif a.ndim not in (1, 2, 3):
+            raise CLIError(f"recordings: {path} has shape {a.shape}; expected one recording (time, regions), "
+                           "(time,) for one region, or a batch (m, time, regions)")
         else:
             a = {1: lambda v: v.reshape(1, -1, 1), 2: lambda v: v[None]}.get(a.ndim, lambda v: v)(a)
-            shape = posterior.recording_shape
-            expected = f"{tuple(shape)} (time, regions)" if shape is not None else "(time, regions)"
-            if a.ndim != 3:
-                raise CLIError(f"recordings: {path} has shape {a.shape}; expected one recording {expected}, "
-                               "(time,) for one region, or a batch (m, time, regions)")
+        rows = [name] if len(a) == 1 else [f"{name}[{i}]" for i in range(len(a))]
+        rate = fs if fs is not None else (None if spec is None else spec.fs)
+        if posterior.summary is not None and rate is not None:
+            if fs is None:
+                assumed.append(name)
             try:
-                size = posterior.summary.output_size(a.shape[1], a.shape[2])
+                items += [bmsbi.Recording(r, rate, channels=channels, name=lab) for r, lab in zip(a, rows)]
             except ValueError as exc:
-                size = f"no features ({_first_line(exc)})"
-            if size != math.prod(posterior.x_shape):
-                raise CLIError(f"recordings: {path} holds recordings of shape {a.shape[1:]}, which give "
-                               f"{size} features; the posterior was trained on recordings {expected}")
-        arrays.append(a)
-        labels += [name] if len(a) == 1 else [f"{name}[{i}]" for i in range(len(a))]
-    shapes = {a.shape[1:] for a in arrays}
+                raise CLIError(f"recordings: {path}: {_first_line(exc)}") from None
+        else:
+            items.append(a)
+        labels += rows
+    notes = []
+    if assumed:
+        shown = ", ".join(assumed[:5]) + (" ..." if len(assumed) > 5 else "")
+        notes.append(f"{len(assumed)} file(s) hold no sampling rate and are taken at the trained "
+                     f"{spec.fs:g} Hz (pass --fs or a side-car .json to have them checked): {shown}")
+    if all(isinstance(i, bmsbi.Recording) for i in items):
+        return items, labels, notes
+    if any(isinstance(i, bmsbi.Recording) for i in items):
+        raise CLIError("recordings: files with a sampling rate cannot be inferred together with plain arrays "
+                       "when the posterior does not know its rate; pass --fs for every .npy/.csv file")
+    shapes = {a.shape[1:] for a in items}
     if len(shapes) > 1:
-        listing = ", ".join(f"{Path(p).name} {a.shape[1:]}" for p, a in zip(paths, arrays))
+        listing = ", ".join(f"{Path(p).name} {a.shape[1:]}" for p, a in zip(paths, items))
         raise CLIError(f"recordings: all recordings must have the same shape to be inferred together; got "
                        f"{listing}")
-    return np.concatenate(arrays), labels
+    return np.concatenate(items), labels, notes
 
 
 def _summary_rows(result, labels):
@@ -272,7 +289,7 @@ def _summary_rows(result, labels):
             row.update({f"{n}_mean": mean[i, j], f"{n}_sd": sd[i, j], f"{n}_q05": q05[i, j],
                         f"{n}_q95": q95[i, j]})
         row.update(ood_score=result.ood_score[i], ood_pvalue=result.ood_pvalue[i],
-                   flagged=bool(result.flagged[i]))
+                   flagged=bool(result.flagged[i]), corrections="; ".join(result.corrections[i]))
         rows.append({k: (v if isinstance(v, (str, bool)) else _finite_or_none(v)) for k, v in row.items()})
     return rows
 
@@ -293,7 +310,8 @@ def _write_inference(result, labels, path: Path, fmt: str, posterior_path: str) 
     if fmt == "npz":
         np.savez(path, samples=result.samples, names=np.array(result.names), recordings=np.array(labels),
                  x=result.x, ood_score=result.ood_score, ood_pvalue=result.ood_pvalue,
-                 flagged=result.flagged, mean=result.samples.mean(axis=1), sd=result.samples.std(axis=1))
+                 flagged=result.flagged, mean=result.samples.mean(axis=1), sd=result.samples.std(axis=1),
+                 source=result.source, corrections=np.array(["; ".join(c) for c in result.corrections]))
         return
     rows = _summary_rows(result, labels)
     if fmt == "json":
@@ -320,14 +338,28 @@ def cmd_infer(args) -> None:
         raise CLIError(f"--num-samples: expected at least 2, got {args.num_samples}")
     if args.out is not None:
         _writable(args.out, "--out")
+    if args.fs is not None and not (args.fs > 0 and math.isfinite(args.fs)):
+        raise CLIError(f"--fs: expected a sampling rate in Hz (a positive number), got {args.fs}")
+    channels = None if args.channels is None else [c.strip() for c in args.channels.split(",")]
     posterior = _load_posterior(args.posterior)
-    batch, labels = _recordings(posterior, args.recordings)
+    batch, labels, notes = _recordings(posterior, args.recordings, fs=args.fs, channels=channels)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bmsbi.OutOfDistributionWarning)  # reported below, in one line
+        # reported below, one line each: OOD flags, and what was done to the recordings
+        warnings.simplefilter("ignore", bmsbi.OutOfDistributionWarning)
+        warnings.simplefilter("ignore", bmsbi.RecordingWarning)
         try:
-            result = posterior.infer(_key(args.seed), batch, args.num_samples)
+            result = posterior.infer(_key(args.seed), batch, args.num_samples, long=args.long)
         except ValueError as exc:
-            raise CLIError(_first_line(exc)) from None
+            raise CLIError(_first_line(exc).replace("pass long='epochs'", "pass --long epochs")) from None
+    if not isinstance(batch, list) and len(result) != len(labels):  # a plain batch split into epochs
+        labels = [labels[s] + lab[len(str(s)):] for s, lab in zip(result.source, result.labels)]
+    elif isinstance(batch, list):
+        labels = result.labels
+    for note in notes:
+        print(f"bmsbi infer: warning: {note}", file=sys.stderr)
+    for label, done in zip(labels, result.corrections):
+        if done:
+            print(f"bmsbi infer: note: {label}: {'; '.join(done)}", file=sys.stderr)
     print(result.table(labels=labels))
     if args.out is not None:
         _write_inference(result, labels, Path(args.out), fmt, args.posterior)
@@ -407,8 +439,14 @@ def cmd_demo(args) -> None:
 
 _INFER_DESCRIPTION = ("Sample the posterior for every RECORDING in one batched call and print the "
     "posterior mean ± sd per parameter with an out-of-distribution (OOD) score. A "
-    "recording is a .npy file (time, regions), (time,) or a batch (m, time, regions), or "
-    "a .csv file (rows = time, columns = regions; an optional header line). Recordings "
+    "recording is a .npy file (time, regions), (time,) or a batch (m, time, regions), "
+    "a .csv file (rows = time, columns = regions; an optional header line of names), "
+    "a .npz or .mat file, or (with pip install 'bmsbi[mne]') an EDF/BDF, FIF, "
+    "BrainVision or EEGLAB file. Recordings are fitted to what the posterior was trained "
+    "on: another sampling rate is resampled, channels are reordered by name, a longer "
+    "recording is refused or (--long epochs) split into epochs; each change is printed "
+    "as a note on stderr and stored in --out. .npy/.csv files carry no rate: give --fs "
+    "or a side-car .json ({\"fs\": 250}) beside them. Recordings "
     "unlike every training simulation are flagged in the table and named in a warning "
     "on stderr; the exit status stays 0 (the output is valid, the flag is part of it) "
     "unless --fail-on-ood is given.")
@@ -471,7 +509,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 success (also with flagged recordings), 2 bad input, 3 flagged "
                "recordings with --fail-on-ood")
     inf.add_argument("posterior", help="posterior file (from `bmsbi train`)")
-    inf.add_argument("recordings", nargs="+", metavar="RECORDING", help=".npy or .csv recording file")
+    inf.add_argument("recordings", nargs="+", metavar="RECORDING",
+                     help="recording file: .npy, .csv, .npz, .mat, or (with bmsbi[mne]) .edf, .bdf, .fif, "
+                          ".vhdr, .set")
+    inf.add_argument("--fs", type=float, default=None,
+                     help="sampling rate (Hz) of .npy/.csv recordings (default: their side-car .json, "
+                          "else the rate the posterior was trained on, with a warning)")
+    inf.add_argument("--channels", default=None,
+                     help="comma-separated channel names: the columns of .npy/.csv files, or the "
+                          "channels to keep (in this order) from files that name theirs")
+    inf.add_argument("--long", choices=["refuse", "epochs"], default="refuse",
+                     help="recordings longer than the trained length: refuse them (default), or split "
+                          "each into whole epochs of that length (one row each; the tail dropped is "
+                          "reported)")
     inf.add_argument("--num-samples", type=int, default=1000, help="posterior draws per recording "
                                                                     "(default: %(default)s)")
     inf.add_argument("--out", default=None, help="write the results: .npz (samples, names, OOD scores), "

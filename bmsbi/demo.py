@@ -159,8 +159,10 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
     true_theta = np.asarray(task.true_theta, dtype=np.float32)
     recording = np.asarray(task.observe(true_theta, k_obs))
     np.save(out / "recording.npy", recording)
+    (out / "recording.json").write_text(json.dumps({"fs": task.fs}))  # its rate, for read_recording
     t0 = time.perf_counter()
-    result = posterior.infer(k_post, recording, 10_000)  # raw (time, regions) recording
+    rec = bmsbi.Recording(recording, task.fs, name="recording.npy")
+    result = posterior.infer(k_post, rec, 10_000)  # raw (time, regions) recording at its rate
     timings["sample_10k"] = time.perf_counter() - t0
     samples, x_obs = result.samples[0], result.x[0]
     _plot_recording_and_posterior(task, recording, samples, true_theta, out / "posterior.png")

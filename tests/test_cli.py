@@ -87,7 +87,10 @@ def test_train_then_infer_end_to_end(files, tmp_path, capsys):
     assert "sine.npy" in table[3] and "OUT OF DISTRIBUTION" in table[3]
     assert "OUT OF DISTRIBUTION" not in table[1]
     warning = err.strip().splitlines()
-    assert len(warning) == 1 and warning[0].startswith("bmsbi infer: warning: 1 of 5") and "sine.npy" in warning[0]
+    assert len(warning) == 2 and warning[1].startswith("bmsbi infer: warning: 1 of 5") and "sine.npy" in warning[1]
+    # .npy/.csv files hold no rate: taken at the trained one, and said so in one line
+    assert warning[0].startswith("bmsbi infer: warning: 4 file(s) hold no sampling rate and are taken at "
+                                 "the trained 250 Hz (pass --fs")
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
@@ -105,11 +108,50 @@ def test_infer_summary_table(files, tmp_path, capsys, fmt):
         assert doc["parameters"] == list(TASK.prior.names) and doc["num_samples"] == 50
         rows = doc["recordings"]
     expected = ["recording"] + [f"{n}_{s}" for n in TASK.prior.names for s in ("mean", "sd", "q05", "q95")] \
-        + ["ood_score", "ood_pvalue", "flagged"]
+        + ["ood_score", "ood_pvalue", "flagged", "corrections"]
     assert list(rows[0]) == expected and len(rows) == 2
     assert [r["recording"] for r in rows] == ["rec.npy", "sine.npy"]
     assert [str(r["flagged"]) for r in rows] == ["False", "True"]
     assert float(rows[1]["ood_score"]) > 1.0 > float(rows[0]["ood_score"])
+
+
+def test_infer_takes_the_rate_resamples_and_splits_long_recordings(files, tmp_path, capsys):
+    from scipy.signal import resample_poly
+
+    rec = np.load(files / "rec.npy")
+    np.save(tmp_path / "khz.npy", resample_poly(rec, 4, 1, axis=0))               # 1 kHz, 4 s
+    np.save(tmp_path / "long.npy", np.concatenate([rec, rec, rec[:500]]))         # 250 Hz, 10 s
+    code, out, err = run(capsys, "infer", files / "post.bmsbi", tmp_path / "khz.npy", "--fs", 1000,
+                         "--num-samples", 20, "--out", tmp_path / "r.json")
+    assert code == 0, err
+    assert err.strip() == ("bmsbi infer: note: khz.npy: resampled from 1000 Hz to 250 Hz "
+                           "(scipy.signal.resample_poly, up=1, down=4)")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["recordings"][0]["corrections"].startswith("resampled from 1000 Hz")
+    line = one_error_line(capsys, "infer", files / "post.bmsbi", tmp_path / "long.npy", "--fs", 250)
+    assert "is 10 s (2500 samples at 250 Hz) long" in line and "pass --long epochs" in line
+    (tmp_path / "long.json").write_text(json.dumps({"fs": 250}))  # the side-car gives the rate
+    code, out, err = run(capsys, "infer", files / "post.bmsbi", tmp_path / "long.npy", "--long", "epochs",
+                         "--num-samples", 20)
+    assert code == 0, err
+    assert "long.npy[epoch 0]" in out and "long.npy[epoch 1]" in out and "long.npy[epoch 2]" not in out
+    assert "the last 2 s (500 samples) dropped" in err
+    line = one_error_line(capsys, "infer", files / "post.bmsbi", tmp_path / "khz.npy", "--fs", 250 * 2 ** 0.5)
+    assert "cannot resample 353.553 Hz to 250 Hz" in line
+    line = one_error_line(capsys, "infer", files / "post.bmsbi", tmp_path / "khz.npy", "--fs", -3)
+    assert "--fs: expected a sampling rate" in line
+
+
+def test_infer_reads_mne_files(files, tmp_path, capsys):
+    mne = pytest.importorskip("mne")
+    rec = np.load(files / "rec.npy")
+    raw = mne.io.RawArray(rec.T, mne.create_info(["LFP"], 250.0, ch_types="misc"), verbose="error")
+    raw.save(tmp_path / "lfp_raw.fif", verbose="error")
+    code, out, err = run(capsys, "infer", files / "post.bmsbi", tmp_path / "lfp_raw.fif", files / "rec.npy",
+                         "--num-samples", 20)
+    assert code == 0, err
+    assert "lfp_raw.fif" in out and "rec.npy" in out
+    assert "1 file(s) hold no sampling rate" in err and "rec.npy" in err
 
 
 def test_fail_on_ood_exits_3(files, capsys):
