@@ -197,7 +197,7 @@ def _read_file(path: str, fs, channels):
                 raise CLIError(f"recordings: {path} holds no numeric data (dtype {getattr(a, 'dtype', '?')}, "
                                f"shape {getattr(a, 'shape', '?')})")
             return a, None
-        return None, bmsbi.read_recording(p, fs=fs, channels=channels)
+        return None, bmsbi.read_recording(p, fs=fs if plain else None, channels=channels)  # --fs: .npy/.csv only
     except (ValueError, OSError, EOFError) as exc:
         raise CLIError(f"recordings: {path}: {_strip_arg(_first_line(exc))}") from None
 

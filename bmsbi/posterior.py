@@ -498,20 +498,6 @@ class Posterior:
     def infer(self, key, recordings, num_samples: int = 1000, *, long: str = "refuse") -> "Inference":
         """Amortized inference on new recordings, each with an out-of-distribution flag.
 
-        Parameters
-        ----------
-        key : jax.random.key
-        recordings : Recording, list of Recording, or array
-            With a stored summary pipeline: :class:`bmsbi.Recording` objects (one, or a
-            list for a batch) or plain arrays ``(time, regions)`` / ``(m, time,
-            regions)``; without one, observations ``x_shape`` / ``(m, *x_shape)``.
-        num_samples : int
-        long : {"refuse", "epochs"}
-            A recording longer than the trained length is refused (default; the error
-            names the options) or, with ``"epochs"``, split into whole epochs of the
-            trained length, each a row of the result (:attr:`Inference.source` says
-            which recording each row came from; the dropped tail is reported).
-
         Recordings are fitted to :attr:`recording_spec`, every change recorded in
         :attr:`Inference.corrections`:
 
@@ -528,6 +514,20 @@ class Posterior:
           count and second does not is a ``ValueError`` suggesting the transpose;
         - a flat (zero-variance) channel — a dead electrode? — is warned about and
           noted, not refused.
+
+        Parameters
+        ----------
+        key : jax.random.key
+        recordings : Recording, list of Recording, or array
+            With a stored summary pipeline: :class:`bmsbi.Recording` objects (one, or a
+            list for a batch) or plain arrays ``(time, regions)`` / ``(m, time,
+            regions)``; without one, observations ``x_shape`` / ``(m, *x_shape)``.
+        num_samples : int
+        long : {"refuse", "epochs"}
+            A recording longer than the trained length is refused (default; the error
+            names the options) or, with ``"epochs"``, split into whole epochs of the
+            trained length, each a row of the result (:attr:`Inference.source` says
+            which recording each row came from; the dropped tail is reported).
 
         Returns
         -------

@@ -485,3 +485,12 @@ def test_malformed_recordings_get_an_error_or_a_reported_correction(case, hopf, 
     assert len(res) >= 1 and all(res.corrections), res.corrections
     assert re.search(pattern, notes), notes
     assert np.isfinite(res.samples).all()
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from bmsbi import recording
+
+    result = doctest.testmod(recording, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 15 and result.failed == 0
