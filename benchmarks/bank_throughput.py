@@ -17,7 +17,15 @@ One run, same model and simulation budget, side by side:
 
 Models: the single Hopf node (``HopfStep(1)`` + ``OUProcess`` on x and y; θ = a, w, sigma) and
 the 8-region network (``brainmass.Network`` on ``example_connectome``, diffusive coupling on x,
-global coupling G; θ = a, w, sigma, G), 2000 steps of dt = 0.1 ms, monitor x.
+global coupling G; θ = a, w, sigma, G), 2000 steps of dt = 0.1 ms, monitor x; and ``bold``, the
+94-region whole-brain Hopf BOLD task ``simulators.get("hopf_bold_hcp")`` (real HCP connectome,
+θ = G, a, sigma): the bank runs the task's raw simulator ``task.observe_fn`` (recording
+(1200, 94): 10,272 Euler-Maruyama steps of 0.09 s, x kept every 8 steps after a 60 s transient),
+the kernel is ``hopf_bold_kernel`` with the normals of one TR drawn at once and the coupling as a
+matrix product. Its output statistics are checked against the bank's (paired by θ, other noise),
+and the kernel with brainstate's random stream must reproduce the bank to float rounding.
+``--profile`` for ``bold`` times the four kernel variants (RNG pattern × coupling form) and the
+summary-composed ``task.simulator`` beside the bank on a smaller batch.
 
 ``--profile`` adds the breakdown of the brainmass-vs-kernel gap: step-body HLO op counts,
 RNG-pattern variants, and what bmsbi can set without touching brainmass (chunk size, PRNG
@@ -28,6 +36,7 @@ and ratios (not absolute rates) are what to compare.
 
     python benchmarks/bank_throughput.py                       # both models, table + RESULTS.md
     python benchmarks/bank_throughput.py --models node --profile --no-append
+    python benchmarks/bank_throughput.py --models bold --profile   # needs bmsbi[empirical]; ~10 min
 """
 
 from __future__ import annotations
@@ -49,7 +58,10 @@ sys.path.insert(0, str(HERE.parent))
 
 STEPS = 2000
 DT_MS = 0.1
-DEFAULT_N = {"node": 2000, "network": 500}
+DEFAULT_N = {"node": 2000, "network": 500, "bold": 128}
+DEFAULT_LOOP_SIMS = {"node": 20, "network": 20, "bold": 3}
+BOLD_TASK = "hopf_bold_hcp"
+BOLD_PROFILE_N = 32  # batch of the bold --profile variants (four kernels, two banks, interleaved)
 
 
 # --------------------------------------------------------------------------- models
@@ -591,14 +603,231 @@ def profile(model, n, repeats):
     return sections
 
 
+# --------------------------------------------------------------------------- bold (94 regions)
+def bold_setup():
+    """The ``hopf_bold_hcp`` task and the constants its simulator closes over, rebuilt from the
+    public helpers of ``simulators.hopf_bold`` exactly as ``make_task`` builds them."""
+    import math
+
+    import numpy as np
+    import simulators
+    from bmsbi import datasets
+    from simulators import hopf_bold
+
+    task = simulators.get(BOLD_TASK)
+    name = BOLD_TASK.rsplit("_", 1)[1]
+    tr, steps = datasets.DATASETS[name]["tr"], hopf_bold.DATASETS[name]
+    n_transient = math.ceil(hopf_bold.TRANSIENT_S / tr) * steps
+    return {"task": task, "dt": tr / steps, "steps": steps, "n_transient": n_transient,
+            "n_steps": n_transient + task.n_time * steps,
+            "conn": hopf_bold.coupling_matrix(datasets.load_connectome(name)).astype(np.float32),
+            "omega": (2.0 * np.pi * hopf_bold.node_frequencies(datasets.load_fmri(name))).astype(np.float32)}
+
+
+def bold_kernel(setup, noise="blocked", coupling="matmul"):
+    """``jit(vmap(hopf_bold_kernel))(theta (n, 3), keys (n,)) -> x (n, n_time, N)``."""
+    import functools
+
+    import jax
+    from benchmarks.hopf_kernel import hopf_bold_kernel
+    return jax.jit(jax.vmap(functools.partial(
+        hopf_bold_kernel, conn=setup["conn"], omega=setup["omega"], dt=setup["dt"],
+        n_transient=setup["n_transient"], n_time=setup["task"].n_time, sample_every=setup["steps"],
+        noise=noise, coupling=coupling)))
+
+
+def loop_one_bold(setup, theta, seed):
+    """The per-θ user loop for the BOLD task: build the brainmass network from floats, run
+    ``Simulator.run(..., jit=True)`` (the same model, integrator and protocol as the task)."""
+    import warnings
+
+    import brainmass
+    import brainstate
+    import brainunit as u
+    import jax
+    import numpy as np
+    from simulators._task import white_noise_sigma
+
+    G, a, sigma = (float(v) for v in theta)
+    n, dt = setup["conn"].shape[0], setup["dt"]
+    noise = white_noise_sigma(sigma, dt)
+    with brainstate.random.seed_context(jax.random.key(seed)), brainstate.environ.context(dt=dt * u.ms), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="duration .* is not an integer multiple")
+        node = brainmass.HopfStep(n, a=a, w=setup["omega"], beta=1.0, method="euler",
+                                  noise_x=brainmass.GaussianNoise(n, sigma=noise),
+                                  noise_y=brainmass.GaussianNoise(n, sigma=noise))
+        net = brainmass.Network(node, conn=setup["conn"], distance=np.zeros((n, n)), speed=1.0,
+                                coupled_var="x", k=G)
+        res = brainmass.Simulator(net, dt=dt * u.ms).run(
+            (setup["n_steps"] + 0.5) * dt * u.ms, monitors=lambda m: m.node.x.value,
+            transient=setup["n_transient"], sample_every=setup["steps"])
+    return np.asarray(res["output"])
+
+
+def bold_stats(x):
+    """Per simulation: mean functional connectivity (off-diagonal Pearson correlation between
+    regions) and the log variance of each region, over the whole recording ``(n, time, N)``."""
+    import numpy as np
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    var = (x * x).mean(axis=1)  # (n, N)
+    z = x / np.sqrt(var)[:, None, :]
+    fc = np.einsum("ntj,ntk->njk", z, z) / x.shape[1]
+    n_reg = x.shape[2]
+    off = ~np.eye(n_reg, dtype=bool)
+    return fc[:, off].mean(axis=1), np.log(var)
+
+
+def bold_agreement(x_ref, x_new):
+    """Paired by θ (independent noise): mean FC and per-region log variance of ``x_new`` vs ``x_ref``.
+
+    Differences per simulation ``d = stat_new - stat_ref``; z = mean(d) / standard error. With
+    equal statistics the z-scores are standard normal: |z| of the 94 regions stays below ~3.3.
+    """
+    import numpy as np
+    fc0, lv0 = bold_stats(x_ref)
+    fc1, lv1 = bold_stats(x_new)
+    n = fc0.shape[0]
+    z = lambda d: d.mean(axis=0) / (d.std(axis=0, ddof=1) / np.sqrt(n))  # noqa: E731
+    dfc, dlv = fc1 - fc0, lv1 - lv0
+    return {"fc_ref": float(fc0.mean()), "fc_new": float(fc1.mean()), "dfc": float(dfc.mean()),
+            "dfc_z": float(z(dfc)), "dlogvar": float(dlv.mean()), "dlogvar_z": float(z(dlv.mean(axis=1))),
+            "dlogvar_region_median": float(np.median(np.abs(dlv.mean(axis=0)))),
+            "dlogvar_region_max_z": float(np.abs(z(dlv)).max()), "regions": int(dlv.shape[1])}
+
+
+BOLD_LIMIT = "hand kernel, normals of one TR drawn at once, coupling as matmul"
+BOLD_SPLIT = "hand kernel, brainstate's RNG pattern + brainmass's elementwise coupling (same stream)"
+BOLD_SPLIT_MATMUL = "hand kernel, brainstate's RNG pattern, coupling as matmul"
+BOLD_BLOCKED_ELEMENTWISE = "hand kernel, normals of one TR drawn at once, elementwise coupling"
+BOLD_SAME_STREAM_N = 16  # simulations checked against the bank with the same random stream
+
+
+def measure_bold(n, repeats, loop_sims, seed=0):
+    import bmsbi
+    import jax
+    import numpy as np
+
+    setup = bold_setup()
+    task = setup["task"]
+    sim, prior = task.observe_fn, task.prior
+    key = jax.random.key(seed)
+    out = {"model": "bold", "n": n, **{k: setup[k] for k in ("dt", "steps", "n_transient", "n_steps")}}
+
+    # (a) bank end to end (NaN rows kept so θ stays aligned with the bank's keys).
+    t = time.perf_counter()
+    bank = bmsbi.simulate_bank(sim, prior, n, key=key, progress=False, on_invalid="keep")
+    out["bank_first_call_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    bank = bmsbi.simulate_bank(sim, prior, n, key=key, progress=False, on_invalid="keep")
+    out["bank_repeat_call_s"] = time.perf_counter() - t
+    cs = bank.meta["chunk_size"]
+    out["chunk_size"] = cs
+    out["num_invalid"] = int((~np.isfinite(bank.x)).any(axis=(1, 2)).sum())
+
+    # (a') compiled chunk in steady state: simulate_bank's compiled function, reused (bmsbi caches
+    # it by simulator, so compiling it again here would only hit the cache); trace+lower timed.
+    fn, lower = bank_chunk_fn(sim, prior, key)
+    t = time.perf_counter()
+    lower(np.arange(cs, dtype=np.int32))
+    out["bank_trace_lower_s"] = time.perf_counter() - t
+
+    # (c) the speed-limit kernel on the bank's own θ and keys.
+    theta = jax.numpy.asarray(bank.theta)
+    keys = bank_keys(key, n)
+    limit = bold_kernel(setup, "blocked", "matmul")
+    t = time.perf_counter()
+    jax.block_until_ready(limit(theta, keys))
+    out["kernel_first_call_s"] = {BOLD_LIMIT: time.perf_counter() - t}
+    best = best_of({"bank": chunked_runner(fn, n, cs), BOLD_LIMIT: blocked(limit, theta, keys)}, repeats)
+    out["bank_s"] = best.pop("bank")
+    out["kernel_s"] = best
+
+    # (b) per-θ Python loop with Simulator.run(jit=True): one trace+compile per θ.
+    m = min(loop_sims, n)
+    t = time.perf_counter()
+    for i in range(m):
+        loop_one_bold(setup, bank.theta[i], i)
+    out["loop_s_per_sim"] = (time.perf_counter() - t) / m
+    out["loop_sims"] = m
+
+    # Agreement. Same stream: the kernel with brainstate's RNG pattern and coupling form must
+    # reproduce the bank to float rounding (this checks equations, constants and sampling).
+    k = min(BOLD_SAME_STREAM_N, n)
+    xs = np.asarray(bold_kernel(setup, "split", "elementwise")(theta[:k], keys[:k]))
+    out["same_stream_n"] = k
+    out["split_max_abs_diff"] = float(np.abs(xs - bank.x[:k]).max())
+    out["x_max_abs"] = float(np.abs(bank.x).max())
+    # Statistics: the speed-limit kernel with other keys vs the bank, paired by θ.
+    finite = np.isfinite(bank.x).all(axis=(1, 2))
+    x_new = np.asarray(limit(theta, bank_keys(jax.random.key(seed + 1), n)))
+    finite &= np.isfinite(x_new).all(axis=(1, 2))
+    out.update(bold_agreement(bank.x[finite], x_new[finite]))
+    out["agreement_n"] = int(finite.sum())
+    return out
+
+
+def notes_bold(r):
+    rate = lambda s: r["n"] / s  # noqa: E731
+    bank = rate(r["bank_s"])
+    limit = rate(r["kernel_s"][BOLD_LIMIT])
+    loop = 1.0 / r["loop_s_per_sim"]
+    return (
+        f"- bold (N={r['n']}; bank of `{BOLD_TASK}`'s raw simulator `task.observe_fn`, recording (1200, 94), "
+        f"no summary; {r['num_invalid']} non-finite): ratios bmsbi bank / per-θ loop "
+        f"{bank / loop:,.0f}×, first `simulate_bank` call / loop {rate(r['bank_first_call_s']) / loop:,.0f}×, "
+        f"kernel / bmsbi bank {limit / bank:.2f}×. Bank trace+lower {r['bank_trace_lower_s']:.2f} s, first "
+        f"call − repeat call {r['bank_first_call_s'] - r['bank_repeat_call_s']:.1f} s (trace + XLA compile); "
+        f"kernel first call (incl. compile) "
+        f"{r['kernel_first_call_s'][BOLD_LIMIT]:.2f} s; loop {r['loop_s_per_sim']:.1f} s per θ "
+        f"(trace+compile+run).\n"
+        f"- bold agreement: kernel with brainstate's RNG pattern and elementwise coupling vs bank "
+        f"(same θ, same keys, {r['same_stream_n']} simulations): max |Δx| {r['split_max_abs_diff']:.1e} "
+        f"(|x| ≤ {r['x_max_abs']:.2f}). Speed-limit kernel (other keys) vs bank, paired by θ "
+        f"({r['agreement_n']} simulations): mean FC {r['fc_new']:.4f} vs {r['fc_ref']:.4f} "
+        f"(Δ {r['dfc']:+.4f}, z = {r['dfc_z']:+.1f}); log variance Δ {r['dlogvar']:+.4f} averaged over "
+        f"regions (z = {r['dlogvar_z']:+.1f}), per region median |mean Δ| {r['dlogvar_region_median']:.3f}, "
+        f"largest |z| of {r['regions']} regions {r['dlogvar_region_max_z']:.1f} "
+        f"({'within noise' if max(abs(r['dfc_z']), abs(r['dlogvar_z'])) < 3 and r['dlogvar_region_max_z'] < 4 else 'NOT within noise'}).")
+
+
+def profile_bold(n, repeats):
+    """The bold gap split into RNG pattern × coupling form, and the summary's cost (interleaved)."""
+    import jax
+    import numpy as np
+
+    setup = bold_setup()
+    task = setup["task"]
+    key = jax.random.key(0)
+    fn, _ = bank_chunk_fn(task.observe_fn, task.prior, key)
+    fs, _ = bank_chunk_fn(task.simulator, task.prior, key)
+    theta = task.prior.sample(jax.random.key(1), n)
+    keys = bank_keys(key, n)
+    variants = {"bank chunk fn, `task.observe_fn` (raw recording)": chunked_runner(fn, n, n),
+                "bank chunk fn, `task.simulator` (observe + 111-feature summary)": chunked_runner(fs, n, n)}
+    for name, noise, coupling in [(BOLD_SPLIT, "split", "elementwise"), (BOLD_SPLIT_MATMUL, "split", "matmul"),
+                                  (BOLD_BLOCKED_ELEMENTWISE, "blocked", "elementwise"),
+                                  (BOLD_LIMIT, "blocked", "matmul")]:
+        variants[name] = blocked(bold_kernel(setup, noise, coupling), theta, keys)
+    for v in variants.values():  # warm / compile
+        v()
+    best = best_of(variants, repeats)
+    ref = best["bank chunk fn, `task.observe_fn` (raw recording)"]
+    rows = ["| variant | sims/s | ratio to bank chunk fn |", "|---|---:|---:|"]
+    rows += [f"| {k} | {n / v:,.1f} | {ref / v:.2f}× |" for k, v in best.items()]
+    return [(f"Runtime variants (bold, N={n}, best of {repeats}, interleaved)", "\n".join(rows))]
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="node,network", help="comma list of: node, network")
+    ap.add_argument("--models", default="node,network", help="comma list of: node, network, bold")
     ap.add_argument("--num-simulations", type=int, default=None,
                     help=f"simulations per model (default {DEFAULT_N})")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is kept")
-    ap.add_argument("--loop-sims", type=int, default=20, help="θ run by the per-θ Python loop")
+    ap.add_argument("--loop-sims", type=int, default=None,
+                    help=f"θ run by the per-θ Python loop (default {DEFAULT_LOOP_SIMS})")
     ap.add_argument("--profile", action="store_true", help="add the brainmass-vs-kernel gap breakdown")
     ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -617,9 +846,12 @@ def main(argv=None):
     for m in models:
         n = args.num_simulations or DEFAULT_N[m]
         print(f"[{m}] N={n} ...", file=sys.stderr, flush=True)
-        results.append(measure_model(m, n, args.repeats, args.loop_sims))
+        loop_sims = args.loop_sims or DEFAULT_LOOP_SIMS[m]
+        results.append(measure_bold(n, args.repeats, loop_sims) if m == "bold"
+                       else measure_model(m, n, args.repeats, loop_sims))
     md = table(results)
-    nts = notes(results)
+    small = [r for r in results if r["model"] != "bold"]
+    nts = "\n".join(([notes(small)] if small else []) + [notes_bold(r) for r in results if r["model"] == "bold"])
     print(md)
     print()
     print(nts)
@@ -629,7 +861,8 @@ def main(argv=None):
         for m in models:
             n = args.num_simulations or DEFAULT_N[m]
             print(f"[{m}] profile ...", file=sys.stderr, flush=True)
-            sections += profile(m, n, args.repeats)
+            sections += profile_bold(min(n, BOLD_PROFILE_N), args.repeats) if m == "bold" else \
+                profile(m, n, args.repeats)
         for title, body in sections:
             print(f"\n{title}\n\n{body}")
 
@@ -637,8 +870,13 @@ def main(argv=None):
         cmd = "python benchmarks/bank_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
         env = (f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} CPU cores, "
                f"Python {platform.python_version()}")
+        protocol = [f"{STEPS} steps of {DT_MS} ms, monitor x"] if set(models) - {"bold"} else []
+        if "bold" in models:
+            r = next(r for r in results if r["model"] == "bold")
+            protocol.append(f"bold: {BOLD_TASK}, {r['n_steps']:,} Euler-Maruyama steps of {r['dt']:g} s, "
+                            f"{r['regions']} regions, x every {r['steps']} steps after {r['n_transient']}")
         text = [f"\n## Bank throughput — {datetime.date.today().isoformat()}\n",
-                f"`{cmd.strip()}` ({env}; {STEPS} steps of {DT_MS} ms, monitor x; best of {args.repeats}, "
+                f"`{cmd.strip()}` ({env}; {'; '.join(protocol)}; best of {args.repeats}, "
                 "interleaved, on a shared machine: read the ratios)\n", md, "", nts]
         for title, body in sections:
             text += ["", f"{title}:", "", body]

@@ -5,6 +5,9 @@ These reproduce what ``brainmass.Simulator(...).run(...)`` computes for
 * the single node ``HopfStep(1, a, w, noise_x=OUProcess(1, sigma), noise_y=OUProcess(1, sigma))``
 * the network ``Network(HopfStep(N, ..., OU noise on x and y), conn=W, coupled_var='x', k=G)``
   (diffusive coupling, zero conduction delays),
+* the 94-region whole-brain Hopf BOLD task ``hopf_bold_hcp`` / ``hopf_bold_gw``
+  (``simulators/hopf_bold.py``: ``method="euler"``, Gaussian white noise, per-node ``w``,
+  transient and sampling at the TR; see :func:`hopf_bold_kernel`),
 
 with the same integrator, written directly in ``jax.lax.scan`` + ``jax.vmap``. They exist only
 to measure how far the brainmass path is from the limit; bmsbi itself never uses them (the
@@ -31,10 +34,12 @@ Times are in ms (brainmass divides the drift by ``u.ms`` and steps with ``dt`` i
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-__all__ = ["exprel", "hopf_node_kernel", "hopf_network_kernel"]
+__all__ = ["exprel", "hopf_node_kernel", "hopf_network_kernel", "hopf_bold_kernel"]
 
 
 def exprel(z):
@@ -144,3 +149,85 @@ def hopf_network_kernel(theta, key, *, conn, steps=2000, dt=0.1, beta=1.0, tau=1
 
     zero = jnp.zeros((n,), dtype)
     return _scan(step, (zero, zero, zero, zero, hist), key, steps, n, noise, unroll, dtype)
+
+
+def hopf_bold_kernel(theta, key, *, conn, omega, dt, n_transient, n_time, sample_every, beta=1.0,
+                     noise="blocked", coupling="matmul", unroll=1, dtype=jnp.float32):
+    """The whole-brain Hopf BOLD task (``simulators/hopf_bold.py``): ``theta = (G, a, sigma)`` -> ``x (n_time, N)``.
+
+    What ``Network(HopfStep(N, a, w=omega, method="euler", noise_x/noise_y=GaussianNoise(N,
+    sigma=white_noise_sigma(sigma, dt))), conn, distance=0, coupled_var="x", k=G)`` run by
+    ``Simulator.run(..., transient=n_transient, sample_every=sample_every)`` computes, per step
+    (read from brainmass 0.1.1: ``XY_Oscillator.update``, ``braintools.quad.ode_euler_step``,
+    ``GaussianNoise.update``, ``Network.update``)::
+
+        inp_x = G * sum_k C_jk (src_k - x_j) + s * n_x      s = sigma / sqrt(dt), n ~ N(0, 1)
+        inp_y = s * n_y
+        x' = x + dt * ((a - beta r) x - w y + inp_x)        r = x**2 + y**2 (pre-step state)
+        y' = y + dt * ((a - beta r) y + w x + inp_y)
+
+    so the increment from the noise is ``sigma * sqrt(dt) * n`` (Euler-Maruyama). ``src`` is
+    the pre-step ``x``, except at step 0, where it is the zero-delay buffer's history drawn
+    from ``Uniform(0, 0.05)`` (the first use of the key, as in :func:`hopf_network_kernel`).
+    The recording keeps ``x`` after steps ``n_transient + sample_every * m + 1`` (1-based),
+    ``m < n_time``: brainmass records every step and slices ``[n_transient::sample_every]``.
+
+    ``noise="blocked"`` draws the ``(sample_every, 2, N)`` normals of one sampling interval in
+    one call (its own ``fold_in`` key); ``"split"`` follows brainstate (the key split once per
+    draw, ``n_x`` before ``n_y``) and so reproduces brainmass's random stream.
+    ``coupling="matmul"`` computes ``G (C src - rowsum(C) x)`` as a matrix product (under
+    ``vmap`` a ``(B, N) x (N, N)`` product); ``"elementwise"`` forms ``C_jk (src_k - x_j)`` and
+    sums, as brainmass does. ``C``'s diagonal is zeroed, as ``Network`` does.
+    """
+    conn = jnp.asarray(conn, dtype)
+    n = conn.shape[0]
+    conn = conn * (1.0 - jnp.eye(n, dtype=dtype))
+    row = conn.sum(axis=1)
+    omega = jnp.broadcast_to(jnp.asarray(omega, dtype), (n,))
+    if coupling not in ("elementwise", "matmul"):
+        raise ValueError(f"coupling: expected 'elementwise' or 'matmul', got {coupling!r}")
+    if noise not in ("blocked", "split"):
+        raise ValueError(f"noise: expected 'blocked' or 'split', got {noise!r}")
+    if n_transient % sample_every:
+        raise ValueError(f"n_transient: expected a multiple of sample_every={sample_every}, got {n_transient}")
+    theta = jnp.asarray(theta, dtype)
+    G, a, sigma = theta[0], theta[1], theta[2]
+    s = sigma / math.sqrt(dt)  # white_noise_sigma(sigma, dt), as the task computes it
+    key, k_hist = jax.random.split(key)
+    hist = jax.random.uniform(k_hist, (1, n), dtype, minval=0.0, maxval=0.05)[0]
+
+    def step(c, z):
+        x, y, src = c
+        if coupling == "matmul":
+            current = G * (conn @ src - row * x)
+        else:
+            current = G * ((src[None, :] - x[:, None]) * conn).sum(axis=-1)
+        inp_x = current + s * z[0]
+        inp_y = s * z[1]
+        g = a - beta * (x * x + y * y)
+        x, y = x + dt * (g * x - omega * y + inp_x), y + dt * (g * y + omega * x + inp_y)
+        return (x, y, x), None
+
+    def draw(k, b):
+        """Normals ``(sample_every, 2, N)`` of interval ``b``, and the key to carry on."""
+        if noise == "blocked":
+            return k, jax.random.normal(jax.random.fold_in(k, b), (sample_every, 2, n), dtype)
+        zs = []
+        for _ in range(2 * sample_every):
+            k, sub = jax.random.split(k)
+            zs.append(jax.random.normal(sub, (n,), dtype))
+        return k, jnp.stack(zs).reshape(sample_every, 2, n)
+
+    def interval(c, b):
+        inner, k = c
+        k, z = draw(k, b)
+        inner, _ = step(inner, z[0])
+        out = inner[0]
+        inner, _ = jax.lax.scan(step, inner, z[1:], unroll=unroll)
+        return (inner, k), out
+
+    zero = jnp.zeros((n,), dtype)
+    n_skip = n_transient // sample_every
+    carry, _ = jax.lax.scan(lambda c, b: (interval(c, b)[0], None), ((zero, zero, hist), key),
+                            jnp.arange(n_skip))
+    return jax.lax.scan(interval, carry, jnp.arange(n_skip, n_skip + n_time))[1]
