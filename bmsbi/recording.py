@@ -137,9 +137,8 @@ def _as_data(data) -> tuple[np.ndarray, list]:
     return arr, notes
 
 
-def _as_channels(channels, shape, arg="channels"):
-    if channels is None:
-        return None
+def _channel_names(channels, arg="channels") -> tuple:
+    """``channels`` as a tuple of unique, non-empty names; ``ValueError`` naming ``arg`` otherwise."""
     if isinstance(channels, str) or not hasattr(channels, "__iter__"):
         raise ValueError(f"{arg}: expected a sequence of channel names (str), got {channels!r}")
     names = list(channels)
@@ -147,15 +146,23 @@ def _as_channels(channels, shape, arg="channels"):
     if bad:
         raise ValueError(f"{arg}: expected non-empty strings, got {bad[:5]!r}")
     names = tuple(str(c) for c in names)
+    dupes = sorted({c for c in names if names.count(c) > 1})
+    if dupes:
+        raise ValueError(f"{arg}: expected unique names, got duplicates {dupes}")
+    return names
+
+
+def _as_channels(channels, shape, arg="channels"):
+    """Names for the columns of data of ``shape`` (time, channels), or ``None``."""
+    if channels is None:
+        return None
+    names = _channel_names(channels, arg)
     if len(names) != shape[1]:
         hint = ""
         if len(names) == shape[0]:
             hint = f"; the data looks transposed (channels, time): pass data.T, shape {shape[::-1]}"
         raise ValueError(f"{arg}: expected {shape[1]} names (one per column of data (time, channels), "
                          f"shape {shape}), got {len(names)}{hint}")
-    dupes = sorted({c for c in names if names.count(c) > 1})
-    if dupes:
-        raise ValueError(f"{arg}: expected unique names, got duplicates {dupes}")
     return names
 
 
@@ -183,6 +190,8 @@ class Recording:
         Unit of the values, e.g. ``"V"``, ``"uV"``, ``"a.u."``.
     name : str, optional
         A label (e.g. the file name) used in reports.
+    notes : sequence of str, optional
+        What was already done to the data (carried over by the methods below).
 
     Attributes
     ----------
@@ -224,7 +233,7 @@ class Recording:
         object.__setattr__(self, "notes", tuple(str(n) for n in notes) + tuple(made))
 
     def __setattr__(self, key, value):
-        raise AttributeError(f"Recording is immutable; make a new one (e.g. rec.resample, rec.crop)")
+        raise AttributeError("Recording is immutable; make a new one (e.g. rec.resample, rec.crop)")
 
     # ---------------------------------------------------------------- shape
     @property
@@ -344,7 +353,7 @@ class Recording:
         >>> rec.pick(["c", "a"]).channels
         ('c', 'a')
         """
-        want = _as_channels(channels, (0, len(list(channels))) if not isinstance(channels, str) else (0, 1))
+        want = _channel_names(channels)
         if self.channels is None:
             raise ValueError("channels: this recording has no channel names; pick by column with "
                              "Recording(rec.data[:, cols], rec.fs, ...)")
@@ -477,6 +486,9 @@ class RecordingSpec:
             raise ValueError(f"{arg}: expected recordings with {self.n_channels} regions (channels) "
                              f"as (time, channels) = ({self.n_samples}, {self.n_channels}), got {label} "
                              f"of shape {data.shape}{hint}")
+        if is_rec and rec.channels is None and self.channels is not None:
+            notes.append(f"no channel names: its columns taken as the trained channels "
+                         f"{list(self.channels)}, in that order")
         fs = self.fs
         if is_rec:
             if self.fs is None:

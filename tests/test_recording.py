@@ -393,6 +393,9 @@ def test_reordered_channels_give_the_same_posterior(twochan):
     np.testing.assert_allclose(a.mean(), b.mean(), rtol=1e-5)
     assert np.abs(a.mean()[0] - [0.7, 1.6]).max() < 0.15
     assert b.corrections[0] == ("channels reordered by name to ['O1', 'O2']",)
+    unnamed = _quiet_infer(twochan, bmsbi.Recording(data, 100.0), 500)
+    assert unnamed.corrections[0] == ("no channel names: its columns taken as the trained channels "
+                                      "['O1', 'O2'], in that order",)
 
 
 # ------------------------------------------------------ the malformed-input table
