@@ -559,7 +559,11 @@ def cmd_tasks(args) -> None:
     import simulators
 
     for name in simulators.list_tasks():
-        task = simulators.get(name)
+        try:
+            task = simulators.get(name)
+        except ValueError as exc:  # a task whose data come from an extra that is not installed
+            print(f"{name:14s} {'(unavailable)':30s} {exc}")
+            continue
         print(f"{name:14s} {', '.join(task.prior.names):30s} {task.description}")
 
 

