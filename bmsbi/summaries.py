@@ -632,6 +632,12 @@ class Autocorrelation(Summary):
             raise ValueError(f"Autocorrelation: average must be True or False; got {self.average!r}.")
         object.__setattr__(self, "average", bool(self.average))
 
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if not self.average:  # the default is left out: dicts written before it existed stay equal
+            del d["average"]
+        return d
+
     def _check(self, n_time: int, n_regions: int) -> None:
         _check_time("Autocorrelation", n_time, max(self.lags) + 1, f"lags={self.lags}")
 
