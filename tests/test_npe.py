@@ -319,3 +319,23 @@ def test_linear_gaussian_init_is_the_least_squares_gaussian(estimator):
     exact = np.sum(-0.5 * ((t_new - mean) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi))
     lp = float(flow.log_prob(jnp.asarray(t_new, jnp.float32), jnp.asarray(x_new, jnp.float32)))
     assert lp == pytest.approx(exact, abs=1e-3)
+
+
+def test_summary_noise_gives_the_posterior_of_a_noisier_observation():
+    """theta ~ N(0, 1), x = theta + 0.5 eps. With summary_noise=s the estimator learns the
+    posterior given x + s * sd(x) * eps': observation variance 0.25 + s**2 * 1.25."""
+    prior = bmsbi.Prior({"t": dist.Normal(0.0, 1.0)})
+    theta = np.asarray(prior.sample(jax.random.key(0), 4000))
+    x = theta + 0.5 * np.asarray(jax.random.normal(jax.random.key(1), theta.shape))
+    x_obs = np.array([0.8], np.float32)
+    for s in (0.0, 1.0):
+        post = NPE(summary_noise=s, hidden=32, num_layers=2).fit(
+            bmsbi.Bank(theta, x), prior=prior, key=jax.random.key(2), progress=False)
+        var_obs = 0.25 + s ** 2 * float(np.var(x))
+        sd = (1.0 / (1.0 + 1.0 / var_obs)) ** 0.5
+        mean = sd ** 2 * float(x_obs[0]) / var_obs
+        draws = np.asarray(post.sample(jax.random.key(3), x_obs, 4000))[:, 0]
+        assert abs(draws.mean() - mean) < 0.1 * sd + 0.03, (s, draws.mean(), mean)
+        assert abs(draws.std() / sd - 1.0) < 0.1, (s, draws.std(), sd)
+    with pytest.raises(ValueError, match="summary_noise"):
+        NPE(summary_noise=-0.1)
