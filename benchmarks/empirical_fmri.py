@@ -4,8 +4,7 @@ One run per dataset (``hcp``: 7 subjects, ``gw``: 5 subjects; :mod:`bmsbi.datase
 the whole-brain Hopf BOLD task of that dataset (:mod:`simulators.hopf_bold`):
 
 bmsbi
-    one bank of ``--simulations`` prior draws, one NPE fit (``summary_noise=0.3`` by
-    default, as the task recommends for real recordings), then ``posterior.infer`` on
+    one bank of ``--simulations`` prior draws, one NPE fit (``--npe-options``), then ``posterior.infer`` on
     every subject's raw recording in one batched call (the OOD score comes with it).
     Posterior-predictive check: ``--draws`` posterior draws per subject, each simulated;
     the FC r of each draw against the subject's FC, the median reported.
@@ -211,9 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--reseeds", type=int, default=5)
     p.add_argument("--chunk-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--npe-options", default='{"summary_noise": 0.3}',
-                   help="JSON keyword arguments of bmsbi.NPE (default: noise augmentation for "
-                        "real data, see simulators.hopf_bold)")
+    p.add_argument("--npe-options", default="{}", help="JSON keyword arguments of bmsbi.NPE")
     p.add_argument("--json", type=Path, default=None, help="write the raw results here")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")

@@ -44,20 +44,15 @@ fluctuations, ``a < 0``) where the fits land, and the onset of oscillations. ``s
 ``sqrt(|a|)`` (the recording's scale is arbitrary and the summary is scale-free), so
 expect a wide posterior for it.
 
-Default summary (:func:`bold_summary`; 17 features) on the linearly detrended signal,
+Default summary (:func:`bold_summary`; 111 features) on the linearly detrended signal,
 band-passed to 0.01-0.1 Hz (:class:`bmsbi.summaries.BandPassed`, applied the same way
-to simulations and to scanner data): FC distribution and leading eigenvalues (8), FCD
-statistics over 60 s windows every 10 s (5), and the regional mean autocorrelation at
-lags of about 2, 4, 8 and 16 s (4). Chosen by measurement on real data
-(``benchmarks/RESULTS.md``): regional FC patterns (FC strength per region, FC against
-structural templates or eigenmodes, against the analytic linear-Hopf FC) all made the
-posterior-predictive FC fit of real subjects worse, because real recordings lie outside
-the joint range the homogeneous model simulates for them.
-
-Real recordings are not simulations of this model (no hemodynamics, one parameter set
-for all regions, one group connectome): train NPE with ``summary_noise=0.3``
-(:class:`bmsbi.NPE`) for them, as ``benchmarks/empirical_fmri.py`` does; without it,
-the posterior is confidently placed where the summaries it cannot match pull it.
+to simulations and to scanner data): FC strength per region (94), FC distribution and
+leading eigenvalues (8), FCD statistics over 60 s windows every 10 s (5), and the
+regional mean autocorrelation at lags of about 2, 4, 8 and 16 s (4). Chosen by
+measurement on the real recordings (``benchmarks/RESULTS.md``), where no variant tried
+fits every subject as well as a grid search: real recordings are not simulations of this
+model (no hemodynamics, one parameter set for all regions, one group connectome), so
+the posterior of a real subject depends on which summaries the model cannot match.
 
 References
 ----------
@@ -85,7 +80,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 import bmsbi
-from bmsbi.summaries import FCD, Autocorrelation, BandPassed, FCStats, combine
+from bmsbi.summaries import FCD, Autocorrelation, BandPassed, FCStats, FCStrength, combine
 
 from ._task import Task, as_float32, white_noise_sigma
 
@@ -118,7 +113,7 @@ def bold_summary(fs: float) -> BandPassed:
     tr = 1.0 / fs
     lags = tuple(sorted({max(1, round(s / tr)) for s in (2.0, 4.0, 8.0, 16.0)}))
     return BandPassed(fs, BAND[0], BAND[1], combine(
-        FCStats(), FCD(fs, window=max(2, round(60.0 / tr)), step=max(1, round(10.0 / tr))),
+        FCStrength(), FCStats(), FCD(fs, window=max(2, round(60.0 / tr)), step=max(1, round(10.0 / tr))),
         Autocorrelation(lags=lags, average=True)))
 
 

@@ -477,11 +477,10 @@ class NPE:
     summary_noise : float, default 0.0
         Standard deviation of Gaussian noise added to the (z-scored) observations of
         every training minibatch, fresh each step, in units of each feature's spread in
-        the bank. The estimator then learns the posterior given a noisy observation: a
-        little wider, and less ready to extrapolate when a recording's summaries lie
-        off the simulations' joint range (a misspecified simulator, as for real
-        resting-state fMRI and the ``hopf_bold_*`` tasks, where 0.3 is used; see
-        ``benchmarks/RESULTS.md``). Noise augmentation is among the remedies for
+        the bank. The estimator then learns the posterior given a noisier observation,
+        a wider one; meant for recordings whose summaries lie off the simulations' joint
+        range (a misspecified simulator). On real fMRI (``benchmarks/RESULTS.md``) it
+        helped on one bank and hurt on another. Noise augmentation is among the remedies for
         misspecified neural SBI compared by Cannon et al. (2022). ``0`` (the default)
         trains on the simulations as they are; the posterior is then calibrated for
         data the simulator can produce.
