@@ -557,6 +557,10 @@ class Posterior:
         else:
             score = np.where(finite, np.nan, np.inf)
             pvalue = np.where(finite, np.nan, 0.0)
+            warnings.warn("recordings: this posterior has no out-of-distribution reference (it "
+                          "was trained on fewer than 100 simulations), so OOD scores are NaN and "
+                          "no recording is flagged as unlike the simulations; train on a bank of "
+                          "100 or more to get them", OutOfDistributionWarning, stacklevel=2)
         flagged = ~finite | (score > 1.0)
         samples = np.full((len(x), num_samples, self.dim), np.nan, np.float32)
         if finite.any():

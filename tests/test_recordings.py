@@ -183,3 +183,16 @@ def test_summary_batch_matches_single_calls():
     np.testing.assert_allclose(batch, single, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="signals: expected a batch"):
         stat.batch(sig[0, :, 0])
+
+
+def test_infer_without_an_ood_reference_says_so():
+    """A posterior trained on fewer than 100 simulations has no OOD reference: infer warns
+    instead of returning NaN scores that read as 'in distribution'."""
+    prior = bmsbi.Prior.uniform([0.0], [1.0], names=["t"])
+    theta = np.asarray(prior.sample(jax.random.key(0), 60))
+    post = bmsbi.NPE(max_epochs=2).fit(bmsbi.Bank(theta, theta + 0.1), prior=prior,
+                                       key=jax.random.key(1), progress=False)
+    assert post.ood is None
+    with pytest.warns(bmsbi.OutOfDistributionWarning, match="no out-of-distribution reference"):
+        res = post.infer(jax.random.key(2), np.array([[0.5]], np.float32), 50)
+    assert np.isnan(res.ood_score).all() and not res.flagged.any()
