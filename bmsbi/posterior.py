@@ -835,8 +835,9 @@ class DirectPosterior(Posterior):
 
     Where the flow models a bounded parameter in its own coordinates, draws outside the
     prior's box are rejected and drawn again (up to 100 rounds of ``num_samples``
-    draws; slots still empty then, which needs an accepted fraction under about 1 %,
-    hold draws clipped to the box, and ``sample``/``infer`` warn), and :meth:`log_prob`
+    draws, stopping sooner once the accepted rate shows they cannot be filled; slots
+    still empty then, which needs an accepted fraction under about 1 %, hold draws
+    clipped to the box, and ``sample``/``infer`` warn), and :meth:`log_prob`
     divides by the accepted mass, estimated from 4,096 flow draws per observation with
     a fixed key.
     """
@@ -891,7 +892,7 @@ class DirectPosterior(Posterior):
             idx = jnp.where(ok, count + jnp.cumsum(ok) - 1, num_samples)
             return buf.at[idx].set(theta, mode="drop"), count + jnp.sum(ok)
 
-        def rounds_up_to(limit, c, state):  # more rounds until full or `limit` rounds done
+        def rounds_up_to(limit, c, state, project=False):  # more rounds until full or `limit` done
             def body(state):
                 buf, count, rounds, k = state
                 k, sub = jax.random.split(k)
@@ -900,7 +901,13 @@ class DirectPosterior(Posterior):
                 return buf, count, rounds + 1, k
 
             def more(state):
-                return (state[1] < num_samples) & (state[2] < limit)
+                _, count, rounds, _ = state
+                go = (count < num_samples) & (rounds < limit)
+                if project:  # stop early when even an optimistic rate cannot fill the rest in time
+                    n = count.astype(jnp.float32)
+                    per_round = (n + 2.0 * jnp.sqrt(n) + 3.0) / rounds
+                    go = go & (per_round * (limit - rounds) >= num_samples - n)
+                return go
 
             return jax.lax.while_loop(more, body, state)
 
@@ -913,7 +920,7 @@ class DirectPosterior(Posterior):
 
         def rest(args):  # one observation at a time: only the short ones draw again
             c, state = args
-            return rounds_up_to(_MAX_REJECTION_ROUNDS, c, state)[0]
+            return rounds_up_to(_MAX_REJECTION_ROUNDS, c, state, project=True)[0]
 
         states = jax.lax.map(first, (keys, cond), batch_size=chunk)
         return jax.lax.map(rest, (cond, states))
@@ -927,8 +934,9 @@ class DirectPosterior(Posterior):
             if frac >= 0.01:
                 warnings.warn(
                     f"{100 * frac:.0f} % of the draws for an observation lie exactly on the prior's "
-                    f"bounds: fewer than 1 % of the flow's draws fell inside the prior's box in "
-                    f"{_MAX_REJECTION_ROUNDS} rounds and the rest were clipped to it (an observation "
+                    f"bounds: too few of the flow's draws fall inside the prior's box to give "
+                    f"{num_samples} within {_MAX_REJECTION_ROUNDS} rounds, and the rest were clipped "
+                    f"to it (an observation "
                     "far from the training simulations?); these draws are not posterior samples",
                     stacklevel=3)
 
