@@ -47,21 +47,11 @@ DEFAULTS = {"hcp": 2000, "gw": 2000}
 
 
 def bandpassed(x: np.ndarray, fs: float) -> np.ndarray:
-    """The task summary's preprocessing (detrend + 0.01-0.1 Hz), in numpy: ``(time, regions)``."""
-    import jax.numpy as jnp
-
-    from bmsbi.summaries import BandPassed, Summary
+    """The task summary's preprocessing (detrend + 0.01-0.1 Hz): ``(time, regions)``."""
+    from bmsbi.summaries import BandPassed, FC
     from simulators.hopf_bold import BAND
 
-    class _Identity(Summary):  # the filtered signal itself
-        def _names(self, n_regions):
-            return []
-
-        def _compute(self, y):
-            return y
-
-    stat = BandPassed(fs, BAND[0], BAND[1], _Identity())
-    return np.asarray(stat._compute(jnp.asarray(x, jnp.float32)))
+    return np.asarray(BandPassed(fs, BAND[0], BAND[1], FC()).filter(np.asarray(x, np.float32)))
 
 
 def fc_upper(x: np.ndarray) -> np.ndarray:

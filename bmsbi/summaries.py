@@ -296,16 +296,20 @@ def _standardize(x: jax.Array, axis: int) -> jax.Array:
     return _safe_divide(d, jnp.expand_dims(_std(d, axis), axis))
 
 
+def _corr_matrix(x: jax.Array) -> jax.Array:
+    """Pearson correlations between the columns of ``x (..., time, regions)``, clipped to [-1, 1]."""
+    z = _standardize(x, axis=-2)
+    corr = jnp.einsum("...tr,...ts->...rs", z, z, precision=_HIGHEST) / x.shape[-2]
+    return jnp.clip(corr, -1.0, 1.0)
+
+
 def _corr_upper(x: jax.Array) -> jax.Array:
     """Pearson correlations between the columns of ``x (..., time, regions)``.
 
     Returns the strict upper triangle, row-major, shape ``(..., regions*(regions-1)/2)``.
     """
-    n_time, n_regions = x.shape[-2:]
-    z = _standardize(x, axis=-2)
-    corr = jnp.einsum("...tr,...ts->...rs", z, z, precision=_HIGHEST) / n_time
-    rows, cols = np.triu_indices(n_regions, 1)
-    return jnp.clip(corr[..., rows, cols], -1.0, 1.0)
+    rows, cols = np.triu_indices(x.shape[-1], 1)
+    return _corr_matrix(x)[..., rows, cols]
 
 
 def _window_values(window: str, nperseg: int) -> np.ndarray:
@@ -1086,11 +1090,10 @@ class FCStats(Summary):
                 + [f"fc_eig{k + 1}" for k in range(self.n_eigen)])
 
     def _compute(self, x: jax.Array) -> jax.Array:
-        n_time, n_regions = x.shape
-        z = _standardize(x, axis=0)
-        corr = jnp.einsum("tr,ts->rs", z, z, precision=_HIGHEST) / n_time
+        n_regions = x.shape[1]
+        corr = _corr_matrix(x)
         rows, cols = np.triu_indices(n_regions, 1)
-        upper = jnp.clip(corr[rows, cols], -1.0, 1.0)
+        upper = corr[rows, cols]
         mean, d = _center(upper, axis=0)
         stats = [jnp.atleast_1d(mean), jnp.atleast_1d(_std(d, axis=0))]
         if self.quantiles:
@@ -1131,10 +1134,8 @@ class FCStrength(Summary):
         return _per_region(["fc_strength"], n_regions)
 
     def _compute(self, x: jax.Array) -> jax.Array:
-        n_time, n_regions = x.shape
-        z = _standardize(x, axis=0)
-        corr = jnp.clip(jnp.einsum("tr,ts->rs", z, z, precision=_HIGHEST) / n_time, -1.0, 1.0)
-        corr = corr * (1.0 - jnp.eye(n_regions, dtype=corr.dtype))
+        n_regions = x.shape[1]
+        corr = _corr_matrix(x) * (1.0 - jnp.eye(n_regions, dtype=x.dtype))
         return jnp.sum(corr, axis=1) / (n_regions - 1)
 
 
@@ -1218,14 +1219,31 @@ class BandPassed(Summary):
     def _names(self, n_regions: int) -> list[str]:
         return self.stats._names(n_regions)
 
+    def filter(self, signal: Any) -> jax.Array:
+        """The detrended, band-passed signal itself, ``(time, regions)`` (what ``stats`` sees).
+
+        Example
+        -------
+        >>> import jax.numpy as jnp
+        >>> stat = BandPassed(10.0, 0.01, 0.1, Moments(orders=(1,)))
+        >>> stat.filter(jnp.ones((100, 2)) * 5.0).shape
+        (100, 2)
+        """
+        x = _as_signal(signal, "BandPassed")
+        self._check(*x.shape)
+        return self._filtered(x)
+
     def _compute(self, x: jax.Array) -> jax.Array:
+        return self.stats._compute(self._filtered(x))
+
+    def _filtered(self, x: jax.Array) -> jax.Array:
         n_time = x.shape[0]
         t = jnp.linspace(-1.0, 1.0, n_time, dtype=x.dtype)[:, None]
         mean, d = _center(x, axis=0)
         slope = jnp.sum(t * d, axis=0) / jnp.sum(t * t)
         d = d - t * slope
         spectrum = jnp.fft.rfft(d, axis=0) * jnp.asarray(self._mask(n_time), d.dtype)[:, None]
-        return self.stats._compute(jnp.fft.irfft(spectrum, n=n_time, axis=0).astype(x.dtype))
+        return jnp.fft.irfft(spectrum, n=n_time, axis=0).astype(x.dtype)
 
 
 @_register
