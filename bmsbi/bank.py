@@ -88,6 +88,9 @@ class Bank:
         Parameter names (``theta0 ...`` by default).
     meta : dict, optional
         JSON-serialisable metadata (how the bank was made, invalid simulations, ...).
+        ``meta["trials"] = K`` marks ``x`` of shape ``(n, K, *x_shape)`` as ``K`` iid
+        trials per parameter (as ``simulate_bank(..., trials=K)`` writes); see
+        :attr:`trials`.
 
     Examples
     --------
@@ -121,7 +124,20 @@ class Bank:
             json.dumps(meta)
         except TypeError as exc:
             raise ValueError(f"meta: expected JSON-serialisable metadata ({exc})") from None
+        k = meta.get("trials")
+        if k is not None:
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+                raise ValueError(f"meta['trials']: expected a positive int (trials per simulation), got {k!r}")
+            if x.ndim < 2 or x.shape[1] != k:
+                raise ValueError(f"x: meta['trials'] = {k} needs x of shape (n, {k}, *x_shape) (trials on "
+                                 f"the second axis), got {x.shape}")
         self.theta, self.x, self.names, self.meta = theta, x, names, meta
+
+    @property
+    def trials(self) -> int | None:
+        """Trials per simulation (``x``'s second axis), or ``None`` for a bank without trials."""
+        k = self.meta.get("trials")
+        return None if k is None else int(k)
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -321,24 +337,37 @@ def _cached(cache_key, build):
     return hit
 
 
-def _build_sim_fn(simulator):
+def _build_sim_fn(simulator, trials: int | None = None):
     """``(theta (c, d), index (c,), k_sim) -> x (c, *x_shape)`` for one chunk: (compiled, uncompiled).
 
     Simulation ``i`` gets the key ``fold_in(k_sim, i)``, also as brainstate's random
-    state (noise inside brainmass models), so it does not depend on the chunking.
+    state (noise inside brainmass models), so it does not depend on the chunking. With
+    ``trials=K`` it runs ``K`` trials per parameter, trial ``j`` under the key
+    ``fold_in(fold_in(k_sim, i), j)``: ``x (c, K, *x_shape)``.
     """
     def build():
         import brainstate
 
-        def one(theta, i, k_sim):
+        def one(theta, i, k_sim, j=None):
             k = jax.random.fold_in(k_sim, i)
+            if j is not None:
+                k = jax.random.fold_in(k, j)
             with brainstate.random.seed_context(k):
                 return simulator(theta, k)
 
-        mapped = brainstate.transform.vmap(one, in_axes=(0, 0, None))
+        if trials is None:
+            mapped = brainstate.transform.vmap(one, in_axes=(0, 0, None))
+        else:
+            flat = brainstate.transform.vmap(one, in_axes=(0, 0, None, 0))
+
+            def mapped(theta, idx, k_sim):  # every (simulation, trial) pair in one vmap
+                c = theta.shape[0]
+                x = flat(jnp.repeat(theta, trials, axis=0), jnp.repeat(idx, trials), k_sim,
+                         jnp.tile(jnp.arange(trials, dtype=jnp.int32), c))
+                return x.reshape((c, trials) + x.shape[1:])
         return brainstate.transform.jit(mapped), mapped, {}
 
-    return _cached(("sim", simulator), build)
+    return _cached(("sim", simulator, trials), build)
 
 
 def _theta_fn(prior: Prior):
@@ -437,7 +466,8 @@ def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev):
 
 
 def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chunk_size: int | None = None,
-                  path=None, progress: bool = True, on_invalid: str = "drop", meta=None) -> Bank:
+                  path=None, progress: bool = True, on_invalid: str = "drop", meta=None,
+                  trials: int | None = None) -> Bank:
     """Simulate ``num_simulations`` parameter draws from ``prior`` through ``simulator``.
 
     Parameters
@@ -475,6 +505,12 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         JSON metadata describing the bank (e.g. its task, summary and prior, as
         :meth:`simulators.Task.bank` records); merged into ``bank.meta`` and stored in a
         bank folder's manifest, so :meth:`Bank.load` returns it too.
+    trials : int, optional
+        Simulate ``K = trials`` iid trials per parameter draw, each with its own key
+        (trial ``j`` of simulation ``i`` from ``(key, i, j)``): ``x`` has shape
+        ``(n, K, *x_shape)`` and ``bank.meta["trials"] == K``. A simulation counts as
+        invalid when any of its trials is. Estimators read the second axis as trials
+        (:class:`bmsbi.Trials`); chunking and resuming work as without.
 
     Returns
     -------
@@ -491,22 +527,29 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     >>> bank = bmsbi.simulate_bank(sim, prior, 100, key=jax.random.key(0), progress=False)
     >>> bank.theta.shape, bank.x.shape
     ((100, 1), (100, 3))
+    >>> bmsbi.simulate_bank(sim, prior, 100, key=0, trials=5, progress=False).x.shape
+    (100, 5, 3)
     """
     if not callable(simulator):
         raise ValueError(f"simulator: expected a callable simulator(theta, key) -> x, got {type(simulator).__name__}")
     prior = as_prior(prior)
     n = check_positive_int(num_simulations, "num_simulations")
     chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
+    trials = check_positive_int(trials, "trials", allow_none=True)
     if on_invalid not in _ON_INVALID:
         raise ValueError(f"on_invalid: expected one of {_ON_INVALID}, got {on_invalid!r}")
     user_meta = dict(meta or {})
+    if trials is not None:
+        if "trials" in user_meta and user_meta["trials"] != trials:
+            raise ValueError(f"meta: holds trials={user_meta['trials']!r} but trials={trials}")
+        user_meta["trials"] = trials
     try:
         json.dumps(user_meta, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"meta: expected JSON-serialisable metadata ({exc})") from None
     key = as_key(key)
     k_theta, k_sim = jax.random.split(key)
-    sim_fn = _build_sim_fn(simulator)
+    sim_fn = _build_sim_fn(simulator, trials)
     fn = sim_fn[0]
     x_shape, x_dtype = _probe(sim_fn, prior.dim, k_sim)
     # theta_i depends on (key, i) only: identical for any chunking or device count.
@@ -523,6 +566,8 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     fingerprint = {"simulator": _simulator_name(simulator), "num_simulations": n, "chunk_size": cs,
                    "key": np.asarray(jax.random.key_data(key)).tolist(), "on_invalid": on_invalid,
                    "x_shape": list(x_shape), "x_dtype": str(x_dtype)}
+    if trials is not None:
+        fingerprint["trials"] = trials
     try:
         fingerprint["prior"] = prior.to_dict()
     except ValueError:

@@ -343,6 +343,11 @@ def cmd_infer(args) -> None:
     channels = None if args.channels is None else [c.strip() for c in args.channels.split(",")]
     posterior = _load_posterior(args.posterior)
     batch, labels, notes = _recordings(posterior, args.recordings, fs=args.fs, channels=channels)
+    if args.trials:  # every file (row, or epoch of one long recording) a trial of ONE experiment
+        if isinstance(batch, list) and len(batch) == 1:
+            batch = batch[0]  # one recording: its epochs are the trials
+        name = labels[0] if len(labels) == 1 else f"{len(labels)} files"
+        batch, labels = bmsbi.Trials(batch, name=f"trials of {name}"), [f"trials of {name}"]
     with warnings.catch_warnings():
         # reported below, one line each: OOD flags, and what was done to the recordings
         warnings.simplefilter("ignore", bmsbi.OutOfDistributionWarning)
@@ -522,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recordings longer than the trained length: refuse them (default), or split "
                           "each into whole epochs of that length (one row each; the tail dropped is "
                           "reported)")
+    inf.add_argument("--trials", action="store_true",
+                     help="read all RECORDINGs (rows of a batch file, or the epochs of one long recording) as iid "
+                          "trials of ONE experiment: one posterior given all of them (NLE/NRE posteriors, or NPE "
+                          "trained on a bank with trials)")
     inf.add_argument("--num-samples", type=int, default=1000, help="posterior draws per recording "
                                                                     "(default: %(default)s)")
     inf.add_argument("--out", default=None, help="write the results: .npz (samples, names, OOD scores), "

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from ._checks import as_key
 
-__all__ = ["Embedding", "MLPEmbedding", "CNN1DEmbedding", "GRUEmbedding", "DeepSetEmbedding",
+__all__ = ["Embedding", "MLPEmbedding", "CNN1DEmbedding", "GRUEmbedding", "DeepSetEmbedding", "TrialEmbedding",
            "embedding_from_config", "register_embedding"]
 
 _ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh, "silu": jax.nn.silu,
@@ -311,8 +311,90 @@ class DeepSetEmbedding(Embedding):
                 "activation": self.activation}
 
 
+class TrialEmbedding(Embedding):
+    """Permutation-invariant embedding of up to ``K`` iid trials of one experiment.
+
+    Input ``(K, *x_shape)``: rows that hold NaN are absent trials (an experiment of
+    ``k < K`` trials is padded with NaN rows). Each present trial goes through the
+    per-trial net ``phi``; the output is ``[mean_j phi(x_j), mean_j x_j (raw), k / K,
+    1 / sqrt(k)]`` — the average over the present trials, so the order of trials does
+    not matter, plus the trial count, which sets how narrow the posterior should be.
+    NPE builds one for banks with trials (``simulate_bank(..., trials=K)``) and trains
+    it on random subsets of ``1..K`` trials (:class:`bmsbi.Trials`).
+
+    Parameters
+    ----------
+    in_shape : tuple
+        ``(K, *x_shape)``: the most trials it takes and the shape of one trial.
+    per_trial : Embedding or dict, optional
+        ``phi``, with ``in_shape == x_shape`` (or its :meth:`~Embedding.config`); default
+        an :class:`MLPEmbedding` with ``out_dim=32`` and ``hidden=(64, 64)``.
+    raw : bool, default True
+        Also pass the average of the raw (flattened) trials: the sufficient statistic
+        of many models, for which then no learning is needed.
+    key : jax.random.key
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> net = TrialEmbedding((20, 3), key=jax.random.key(0))
+    >>> x = jnp.asarray(np.random.default_rng(0).normal(size=(20, 3)), jnp.float32)
+    >>> bool(jnp.allclose(net(x), net(x[::-1]), atol=1e-5))     # the order of trials does not matter
+    True
+    >>> five = x.at[5:].set(jnp.nan)                             # 5 trials present, 15 absent
+    >>> net(five).shape == (net.out_dim,)
+    True
+    """
+
+    per_trial: Embedding
+    raw: bool = eqx.field(static=True)
+
+    def __init__(self, in_shape, per_trial=None, raw: bool = True, *, key):
+        in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(int(s) for s in in_shape)
+        if len(in_shape) < 2 or min(in_shape) < 1:
+            raise ValueError(f"in_shape: expected (K, *x_shape) with K >= 1, got {in_shape}")
+        self.in_shape = in_shape
+        x_shape = in_shape[1:]
+        if per_trial is None:
+            per_trial = MLPEmbedding(x_shape, out_dim=32, hidden=(64, 64), key=as_key(key))
+        elif isinstance(per_trial, dict):
+            per_trial = embedding_from_config(per_trial, key=as_key(key))
+        if not isinstance(per_trial, Embedding):
+            raise ValueError(f"per_trial: expected a bmsbi.embeddings.Embedding, got {type(per_trial).__name__}")
+        if tuple(per_trial.in_shape) != x_shape:
+            raise ValueError(f"per_trial: its in_shape {tuple(per_trial.in_shape)} must be one trial's "
+                             f"shape {x_shape}")
+        self.per_trial = per_trial
+        self.raw = bool(raw)
+        self.out_dim = per_trial.out_dim + (math.prod(x_shape) if self.raw else 0) + 2
+
+    @property
+    def max_trials(self) -> int:
+        return self.in_shape[0]
+
+    def __call__(self, x):
+        self._check(x)
+        k_max = self.in_shape[0]
+        flat = x.reshape(k_max, -1)
+        present = jnp.all(jnp.isfinite(flat), axis=-1)
+        safe = jnp.where(present[:, None], flat, 0.0)  # absent rows never reach phi (no NaN gradients)
+        h = jax.vmap(self.per_trial)(safe.reshape(x.shape))
+        k = jnp.maximum(jnp.sum(present), 1).astype(h.dtype)
+        w = present.astype(h.dtype)[:, None] / k
+        parts = [jnp.sum(h * w, axis=0)]
+        if self.raw:
+            parts.append(jnp.sum(safe * w, axis=0))
+        parts.append(jnp.stack([k / k_max, 1.0 / jnp.sqrt(k)]))
+        return jnp.concatenate(parts)
+
+    def config(self):
+        return {"type": "TrialEmbedding", "in_shape": list(self.in_shape),
+                "per_trial": self.per_trial.config(), "raw": self.raw}
+
+
 _REGISTRY: dict[str, type] = {
-    cls.__name__: cls for cls in (MLPEmbedding, CNN1DEmbedding, GRUEmbedding, DeepSetEmbedding)}
+    cls.__name__: cls for cls in (MLPEmbedding, CNN1DEmbedding, GRUEmbedding, DeepSetEmbedding,
+                                  TrialEmbedding)}
 
 
 def register_embedding(cls: type) -> type:

@@ -302,7 +302,7 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         progress: bool = True, desc: str = "fit", metrics_fn: Callable | None = None,
         monitor: str = "val_loss", monitor_mode: str = "min", callbacks=(),
         ema_decay: float | None = None, resume: "TrainState | None" = None,
-        return_state: bool = False):
+        return_state: bool = False, keep_start: bool = False):
     """Train ``params`` to minimise ``loss_fn`` over minibatches of ``data``.
 
     Parameters
@@ -387,6 +387,12 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         (a ``ValueError`` names the first that does not).
     return_state : bool, default False
         Also return the :class:`TrainState` at the end.
+    keep_start : bool, default False
+        Validate the starting parameters too (with ``monitor="val_loss"`` and a
+        validation set): if no epoch beats them, they are returned
+        (``history.best_epoch == -1``). For a start that is already a fit — e.g. an
+        estimator started at the least-squares linear-Gaussian model — training then
+        cannot leave it worse.
 
     Returns
     -------
@@ -625,6 +631,12 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     const_arrays = put(const_arrays)
     train = put(train)
     val = put(val) if val is not None else None
+    start_val = math.nan
+    if keep_start and resume is None and val is not None and monitor == "val_loss":
+        v0 = jax.jit(val_loss)(state[0], const_arrays, val, jax.random.fold_in(key, 2))[0]
+        if bool(jnp.isfinite(v0)):
+            start_val = float(v0)
+            state = put((*state[:3], jnp.asarray(v0, jnp.float32), *state[4:]))
 
     history = History(num_train=int(n_train), num_val=int(n_val), batch_size=batch_size,
                       steps_per_epoch=int(steps), num_devices=num_devices,
@@ -632,6 +644,8 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     if resume is not None:
         history.epochs, history.best_epoch = first_epoch, int(resume.best_epoch)
         history.best_val_loss = float(resume.best_val_loss)
+    elif math.isfinite(start_val):
+        history.best_val_loss = start_val  # best_epoch -1: the start, until an epoch beats it
     bar = _progress_bar(max_epochs, desc, progress)
     if bar is not None and first_epoch:
         bar.update(first_epoch)

@@ -41,6 +41,7 @@ from ._checks import as_key
 from .engine import History
 from .prior import Prior, as_prior
 from .recording import LONG_OPTIONS, Recording, RecordingSpec, RecordingWarning
+from .trials import Trials, stack_trials, trial_mask
 
 __all__ = ["Posterior", "DirectPosterior", "Inference", "OutOfDistributionWarning", "load_posterior",
            "RecordingWarning",
@@ -146,6 +147,9 @@ class Posterior:
     """
 
     normalized = True
+    # Whether the posterior sums a per-trial log-likelihood over any number of trials
+    # (NLE / NRE); NPE takes trials only when trained on a bank with trials (config["trials"]).
+    sums_trials = False
 
     def __init__(self, *, prior: Prior, x_shape, config: dict, history: History | None = None,
                  training: dict | None = None):
@@ -238,6 +242,24 @@ class Posterior:
     @property
     def dim(self) -> int:
         return self.prior.dim
+
+    @property
+    def max_trials(self) -> int | float | None:
+        """Most iid trials one experiment may have (:class:`bmsbi.Trials`).
+
+        ``K`` for an NPE trained on a bank with ``K`` trials per simulation (every
+        observation then passes through its trial embedding, padded to ``K``);
+        ``math.inf`` for NLE / NRE, which sum the per-trial log-likelihood (log-ratio);
+        ``None`` for an NPE trained without trials (one trial per experiment).
+        """
+        if self.sums_trials:
+            return math.inf
+        k = self.config.get("trials")
+        return None if k is None else int(k)
+
+    def _pads_trials(self) -> bool:
+        """Every observation goes in as ``(K, *x_shape)`` (an NPE trained with trials)."""
+        return not self.sums_trials and self.config.get("trials") is not None
 
     def __repr__(self):
         return (f"{type(self).__name__}(names={self.names}, x_shape={self.x_shape}, "
@@ -430,6 +452,12 @@ class Posterior:
         return [(a, str(i)) for i, a in enumerate(r)], batched, True
 
     def _observations(self, data, *, warn_ood: bool, arg="x_obs", long: str = "refuse"):
+        if _is_trials_input(data) or self._is_trial_batch(data):
+            return self._trial_observations(data, arg, long, warn_ood=warn_ood)
+        x, batched = self._single_observations(data, warn_ood=warn_ood, arg=arg, long=long)
+        return (self._pad(x[:, None]) if self._pads_trials() else x), batched
+
+    def _single_observations(self, data, *, warn_ood: bool, arg="x_obs", long: str = "refuse"):
         """Checked observations from observations or (with a summary) raw recordings.
 
         Changes made to recordings (resampling, reordering, epochs) are reported in one
@@ -449,10 +477,95 @@ class Posterior:
             raise ValueError(f"{arg}: the summaries of {int(bad.sum())} of {len(x)} recordings hold NaN "
                              "or inf (flat or non-finite signal?); posterior.infer flags them instead")
         if warn_ood and self.ood is not None:
-            flagged = self.ood.flag(x)
+            flagged = self._ood_score(x) > 1.0
             if flagged.any():
                 warnings.warn(_ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=3)
         return x, batched
+
+    # ------------------------------------------------------------------ trials
+    def _pad(self, x):
+        """``(m, k, *x_shape)`` padded with absent (NaN) trials to the trained ``K``."""
+        k_max = self.max_trials
+        if x.shape[1] > k_max:
+            raise ValueError(f"x_obs: {x.shape[1]} trials per experiment, but this posterior was trained "
+                             f"on at most {k_max} (NPE on a bank with trials={k_max})")
+        return stack_trials(list(x), k_max, self.x_shape)
+
+    def _is_trial_batch(self, data) -> bool:
+        """A plain array ``(m, k, *x_shape)``: ``m`` experiments of ``k`` trials (posteriors trained
+        on trials only; a bank's ``x`` has this shape)."""
+        if self.config.get("trials") is None or _is_recording_input(data) or isinstance(data, Trials):
+            return False
+        shape = np.shape(data) if isinstance(data, (np.ndarray, jax.Array, list, tuple)) else ()
+        n = len(self.x_shape)
+        if len(shape) != n + 2 or tuple(shape[2:]) != self.x_shape:
+            return False
+        return self.summary is None or self.recording_shape is None or \
+            tuple(shape[1:]) != tuple(self.recording_shape)
+
+    def _trial_prepared(self, data, arg: str, long: str, *, strict: bool) -> "_Prepared":
+        """Experiments of iid trials as ``(m, k_pad, *x_shape)``, absent trials NaN.
+
+        ``strict``: a trial that is not finite is a ``ValueError``; otherwise every row of
+        its experiment becomes NaN (``infer`` then reports the experiment as not finite).
+        """
+        if self._is_trial_batch(data):
+            arr = np.asarray(data, np.float32)
+            items, batched = [Trials(a) for a in arr], True
+        elif isinstance(data, Trials):
+            items, batched = [data], False
+        else:
+            items, batched = list(data), True
+        cap = self.max_trials
+        rows, labels, corrections, made = [], [], [], []
+        for i, t in enumerate(items):
+            where = f"{arg}[{i}]" if batched else arg
+            inner = t.data
+            p = self._single_raw_observations(inner, where, "epochs" if isinstance(inner, Recording) else long)
+            x, k = p.x, len(p.x)
+            if cap is None and k > 1:
+                raise ValueError(
+                    f"{where}: {k} iid trials, but this posterior was trained without trials; train NPE on "
+                    "a bank simulated with simulate_bank(..., trials=K), or use NLE / NRE (any number of "
+                    "trials); a batch of separate experiments is a plain (m, ...) array")
+            if cap is not None and k > cap:
+                raise ValueError(
+                    f"{where}: {k} iid trials, but this posterior was trained on at most {cap} trials per "
+                    f"experiment; simulate a bank with trials >= {k}, pass at most {cap} trials, or use "
+                    "NLE / NRE (any number of trials)")
+            bad = ~np.isfinite(x.reshape(k, -1)).all(axis=1)
+            if bad.any():
+                if strict:
+                    raise ValueError(f"{where}: trials {np.flatnonzero(bad)[:10].tolist()} of {k} hold NaN or "
+                                     "inf (flat or non-finite signal?); posterior.infer flags them instead")
+                x = np.full_like(x, np.nan)
+            rows.append(x)
+            labels.append(t.name or str(i))
+            corrections.append(tuple(dict.fromkeys(c for cs in p.corrections for c in cs)))
+            made += p.made
+        if cap is None:  # one trial each, through a posterior without trials
+            x = np.stack([r[0] for r in rows])
+        else:
+            # NLE / NRE: padded to a power of two, so that k = 5, 6, 7, 8 share one compilation
+            width = cap if self._pads_trials() else 1 << (max(len(r) for r in rows) - 1).bit_length()
+            x = stack_trials(rows, width, self.x_shape)
+        return _Prepared(x, batched, np.arange(len(rows)), labels, corrections, made)
+
+    def _trial_observations(self, data, arg, long, *, warn_ood: bool):
+        prepared = self._trial_prepared(data, arg, long, strict=True)
+        if prepared.made:
+            warnings.warn(f"{arg}: " + "; ".join(prepared.made), RecordingWarning, stacklevel=4)
+        if warn_ood and self.ood is not None:
+            flagged = self._ood_score(prepared.x) > 1.0
+            if flagged.any():
+                warnings.warn(_ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=4)
+        return prepared.x, prepared.batched
+
+    def _finite(self, x) -> np.ndarray:
+        """Per experiment: finite (for trials: at least one trial present, none part-finite)."""
+        if x.ndim == len(self.x_shape) + 2:
+            return trial_mask(x, len(self.x_shape)).any(axis=1)
+        return np.isfinite(x.reshape(len(x), -1)).all(axis=1)
 
     def ood_score(self, x_obs, *, long: str = "refuse"):
         """Out-of-distribution score of observations or raw recordings (see :mod:`bmsbi.ood`).
@@ -471,11 +584,32 @@ class Posterior:
             raise ValueError("x_obs: this posterior has no out-of-distribution reference (it needs a "
                              "training bank of at least 100 simulations)")
         prepared = self._raw_observations(x_obs, long=long)
-        s = self.ood.score(prepared.x)
+        s = self._ood_score(prepared.x)
         return s if prepared.batched else s[0]
 
+    def _ood_score(self, x, pvalue: bool = False):
+        """OOD scores (or p-values) of observations; for trials, the median over present trials."""
+        fn = self.ood.pvalue if pvalue else self.ood.score
+        if x.ndim == len(self.x_shape) + 1:
+            return fn(x)
+        m, k = x.shape[:2]
+        present = trial_mask(x, len(self.x_shape))
+        per = np.full((m, k), np.nan)
+        if present.any():
+            per[present] = fn(x[present])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an experiment with no present trial
+            out = np.nanmedian(per, axis=1)
+        return np.where(present.any(axis=1), out, 0.0 if pvalue else np.inf)
+
     def _raw_observations(self, data, arg="x_obs", long: str = "refuse") -> "_Prepared":
-        """Observations (unchecked for finiteness) from observations or raw recordings."""
+        """Observations (unchecked for finiteness) from observations, raw recordings or trials."""
+        if _is_trials_input(data) or self._is_trial_batch(data):
+            return self._trial_prepared(data, arg, long, strict=False)
+        p = self._single_raw_observations(data, arg, long)
+        return p._replace(x=self._pad(p.x[:, None])) if self._pads_trials() else p
+
+    def _single_raw_observations(self, data, arg="x_obs", long: str = "refuse") -> "_Prepared":
         if self.summary is None or not (_is_recording_input(data) or
                                         not self._is_observation_shape(np.shape(data))):
             if _is_recording_input(data):
@@ -551,9 +685,9 @@ class Posterior:
         num_samples = _as_int(num_samples, "num_samples")
         prepared = self._raw_observations(recordings, "recordings", long=long)
         x = prepared.x
-        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        finite = self._finite(x)
         if self.ood is not None:
-            score, pvalue = self.ood.score(x), self.ood.pvalue(x)
+            score, pvalue = self._ood_score(x), self._ood_score(x, pvalue=True)
         else:
             score = np.where(finite, np.nan, np.inf)
             pvalue = np.where(finite, np.nan, 0.0)
@@ -744,9 +878,15 @@ class Posterior:
                 and len(self.x_shape) == 1:
             feature_names = self.summary.feature_names(self.recording_shape[1])
         x_dims, coords = _arviz_x_dims(self.x_shape, feature_names)
+        x0 = one = x[0]
+        if x.ndim == len(self.x_shape) + 2:  # iid trials: the present ones, as Trials again
+            x0 = x[0][trial_mask(x[0], len(self.x_shape))]
+            one, x_dims = Trials(x0), ["trial", *x_dims]
         k_post, k_prior, k_pred = jax.random.split(key, 3)
-        draws = np.asarray(self.sample(k_post, x[0], total))                 # (total, d)
-        lp = np.asarray(self.log_prob(draws, x[0]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OutOfDistributionWarning)  # warned above
+            draws = np.asarray(self.sample(k_post, one, total))              # (total, d)
+        lp = np.asarray(self.log_prob(draws, one))
         prior_draws = np.asarray(self.prior.sample(k_prior, num_prior_samples))
         prior_lp = np.asarray(jax.jit(self.prior.log_prob)(prior_draws))
 
@@ -757,7 +897,8 @@ class Posterior:
         if simulator is not None:
             from .diagnostics import posterior_predictive
 
-            x_pred = posterior_predictive(self, simulator, x[0], key=k_pred, theta=draws)
+            x_pred = posterior_predictive(self, simulator, x0 if one is x0 else x0[0], key=k_pred,
+                                          theta=draws)  # with trials: one simulated trial per draw
             predictive = {"x_obs": chains(np.asarray(x_pred))}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -767,7 +908,7 @@ class Posterior:
                 prior={n: prior_draws[None, :, i] for i, n in enumerate(self.names)},
                 sample_stats_prior={"lp": prior_lp[None]},
                 posterior_predictive=predictive,
-                observed_data={"x_obs": x[0]},
+                observed_data={"x_obs": x0},
                 coords=coords, dims={"x_obs": x_dims})
         meta = {"inference_library": "bmsbi", "inference_library_version": bio._version(),
                 "estimator": str(self.config.get("estimator")),
@@ -1071,6 +1212,19 @@ class _Prepared(NamedTuple):
     labels: list             # (m,) str
     corrections: list        # (m,) tuple of str: what was done to each row's data
     made: list               # changes this call made, "recording i: ..." (for warnings)
+
+
+def _is_trials_input(data) -> bool:
+    """A :class:`Trials` or a list of them (a list mixing them with other things is refused)."""
+    if isinstance(data, Trials):
+        return True
+    if isinstance(data, (list, tuple)) and any(isinstance(d, Trials) for d in data):
+        if not all(isinstance(d, Trials) for d in data):
+            kinds = sorted({type(d).__name__ for d in data})
+            raise ValueError(f"x_obs: expected a list of bmsbi.Trials (one per experiment), got a list "
+                             f"mixing {kinds}; wrap each experiment in bmsbi.Trials")
+        return True
+    return False
 
 
 def _is_recording_input(data) -> bool:

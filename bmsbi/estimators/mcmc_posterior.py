@@ -12,6 +12,7 @@ import paramax
 
 from ..mcmc import nuts_sample
 from ..posterior import Posterior, read_weights_and_stats, register_posterior
+from ..trials import trial_mask
 
 __all__ = ["MCMCPosterior", "UnnormalisedEstimator", "fit_unnormalised"]
 
@@ -27,9 +28,13 @@ class MCMCPosterior(Posterior):
     log-likelihood of a flow (NLE) or the log density ratio of a classifier (NRE).
     :meth:`log_prob` is unnormalised (``normalized = False``): differences between
     parameter values are meaningful, absolute values are not.
+
+    iid trials (:class:`bmsbi.Trials`, any number): the log-likelihood (log-ratio) is
+    summed over the trials, ``log p(theta) + sum_j log r(x_j, theta)``.
     """
 
     normalized = False
+    sums_trials = True
 
     def __init__(self, model, *, prior, x_shape, stats: dict, config: dict, history=None,
                  training=None, mcmc: dict | None = None):
@@ -51,7 +56,15 @@ class MCMCPosterior(Posterior):
         inside = self.prior.in_support(theta)
         safe = jnp.where(inside, theta, self.prior.from_unconstrained(jnp.zeros(self.dim)))
         s = (self.prior.to_unconstrained(safe) - stats["theta_mean"]) / stats["theta_std"]
-        lp = model.log_ratio(s, (x - stats["x_mean"]) / stats["x_std"]) + self.prior.log_prob(safe)
+        x_std = (x - stats["x_mean"]) / stats["x_std"]
+        if x.ndim == len(self.x_shape) + 1:  # iid trials (K, *x_shape); absent ones NaN
+            present = trial_mask(x, len(self.x_shape))
+            x_std = jnp.where(present.reshape((-1,) + (1,) * len(self.x_shape)), x_std, 0.0)
+            per = jax.vmap(lambda xj: model.log_ratio(s, xj))(x_std)
+            ratio = jnp.sum(jnp.where(present, per, 0.0))
+        else:
+            ratio = model.log_ratio(s, x_std)
+        lp = ratio + self.prior.log_prob(safe)
         return jnp.where(inside & jnp.isfinite(lp), lp, -jnp.inf)
 
     def _log_prob_batch(self, params, theta, x):
@@ -100,6 +113,10 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
 
     key = as_key(key)
     theta, x, prior = check_bank_prior(bank, prior)
+    trials = getattr(bank, "trials", None)
+    first = x[:, 0] if trials else x  # one trial per simulation (the OOD reference)
+    if trials:  # a per-trial likelihood: every trial is a (theta, x) pair
+        theta, x = np.repeat(theta, trials, axis=0), x.reshape((-1,) + x.shape[2:])
     x_shape = tuple(x.shape[1:])
     z = np.asarray(prior.to_unconstrained(jnp.asarray(theta)), dtype=np.float64)
     stats = standardisation(z, x, "independent")
@@ -113,11 +130,13 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
         batch_size=t["batch_size"], max_epochs=t["max_epochs"], patience=t["patience"],
         validation_fraction=t["validation_fraction"], clip_norm=t["clip_norm"],
         weight_decay=t["weight_decay"], schedule=t["schedule"], progress=progress,
-        desc=estimator.config()["estimator"], ema_decay=t["ema_decay"])
+        desc=estimator.config()["estimator"], ema_decay=t["ema_decay"],
+        keep_start=bool(getattr(estimator, "linear_init", False)))  # a linear-Gaussian start is a fit
     stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
-    post = MCMCPosterior(model, prior=prior, x_shape=x_shape, stats=stats, config=estimator.config(),
+    config = {**estimator.config(), **({"trials": int(trials)} if trials else {})}
+    post = MCMCPosterior(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
                          history=history, training=t, mcmc=estimator.mcmc_config())
-    return post._attach_data(x, summary=summary, recording_shape=recording_shape,
+    return post._attach_data(first, summary=summary, recording_shape=recording_shape,
                              meta=getattr(bank, "meta", None))
 
 

@@ -42,7 +42,7 @@ from flowjax.flows import masked_autoregressive_flow
 
 from .. import engine
 from .._checks import as_key
-from ..embeddings import Embedding, embedding_from_config
+from ..embeddings import Embedding, TrialEmbedding, embedding_from_config
 from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identity_mask
 
 __all__ = ["NPE", "build_flow", "SplineCouplingStack", "ConditionalAffine",
@@ -407,10 +407,13 @@ class NPE:
 
     Parameters
     ----------
-    density_estimator : {"nsf", "maf", "maf_rqs"}, default "nsf"
+    density_estimator : {"auto", "nsf", "maf", "maf_rqs"}, default "auto"
         Rational-quadratic spline coupling flow (:class:`SplineCouplingStack`),
         flowjax's masked autoregressive affine flow, or its masked autoregressive
-        spline flow.
+        spline flow. ``"auto"``: ``"nsf"``, except ``"maf"`` for a bank with trials
+        (``simulate_bank(..., trials=K)``), where the spline flow learnt the narrowing
+        with the trial count inside its spline range but left wide identity tails
+        (``benchmarks/RESULTS.md``).
     hidden : int, default 50
         Width of the conditioner networks.
     num_layers : int, default 5
@@ -502,7 +505,7 @@ class NPE:
     (100, 2)
     """
 
-    density_estimator: str = "nsf"
+    density_estimator: str = "auto"
     hidden: int = 50
     num_layers: int = 5
     num_bins: int = 10
@@ -525,9 +528,9 @@ class NPE:
     summary_noise: float = 0.0
 
     def __post_init__(self):
-        if self.density_estimator not in _ESTIMATORS:
-            raise ValueError(
-                f"density_estimator: expected one of {_ESTIMATORS}, got {self.density_estimator!r}")
+        if self.density_estimator not in ("auto", *_ESTIMATORS):
+            raise ValueError(f"density_estimator: expected 'auto' or one of {_ESTIMATORS}, got "
+                             f"{self.density_estimator!r}")
         for name in ("hidden", "num_layers", "num_bins", "nn_depth", "batch_size", "max_epochs"):
             value = getattr(self, name)
             if name == "max_epochs" and value is None:
@@ -552,15 +555,22 @@ class NPE:
             raise ValueError(f"z_score_x: expected 'auto', 'independent', 'structured' or 'none', "
                              f"got {self.z_score_x!r}")
 
-    def config(self) -> dict:
+    def flow_family(self, trials: int | None = None) -> str:
+        """The flow ``density_estimator`` names: ``"auto"`` is ``"maf"`` for a bank with trials, else ``"nsf"``."""
+        if self.density_estimator != "auto":
+            return self.density_estimator
+        return "maf" if trials else "nsf"
+
+    def config(self, trials: int | None = None) -> dict:
         """JSON description of the architecture (what a saved posterior rebuilds)."""
-        return {"estimator": "NPE", "density_estimator": self.density_estimator,
+        family = self.flow_family(trials)
+        return {"estimator": "NPE", "density_estimator": family,
                 "hidden": int(self.hidden), "num_layers": int(self.num_layers),
                 "num_bins": int(self.num_bins), "tail_bound": float(self.tail_bound),
                 "nn_depth": int(self.nn_depth), "z_score_x": self.z_score_x,
                 "theta_space": self.theta_space,
                 "embedding": None if self.embedding is None else self.embedding.config(),
-                **({"conditional_affine": True} if self.density_estimator == "maf" else {})}
+                **({"conditional_affine": True} if family == "maf" else {})}
 
     def training_config(self) -> dict:
         return {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
@@ -591,30 +601,37 @@ class NPE:
         """
         key = as_key(key)
         theta, x, prior = check_bank_prior(bank, prior)
-        x_shape = tuple(x.shape[1:])
+        trials = getattr(bank, "trials", None)
+        x_shape = tuple(x.shape[2:] if trials else x.shape[1:])
         if self.embedding is not None and tuple(self.embedding.in_shape) != x_shape:
             raise ValueError(
                 f"embedding: in_shape {tuple(self.embedding.in_shape)} differs from the bank's x "
-                f"shape {x_shape}; build the embedding with in_shape={x_shape}")
+                f"shape {x_shape}{' (one trial)' if trials else ''}; build the embedding with "
+                f"in_shape={x_shape}")
 
         identity = identity_mask(prior, self.theta_space)  # these keep their own coordinates
         z = np.asarray(jax.jit(functools.partial(prior.to_unconstrained, keep=identity))(theta),
                        dtype=np.float64)
-        stats = standardisation(z, x, self._z_mode(x_shape))
+        stats = standardisation(z, x.reshape((-1,) + x_shape), self._z_mode(x_shape))
         s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
         x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
 
         k_flow, k_fit = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-        cond_dim = math.prod(x_shape) if self.embedding is None else self.embedding.out_dim
-        flow = build_flow(self.density_estimator, prior.dim, cond_dim, hidden=self.hidden,
+        embedding, config = self.embedding, self.config(trials)
+        if trials:  # a permutation-invariant embedding of 1..K trials (bmsbi.Trials)
+            embedding = TrialEmbedding((trials, *x_shape), per_trial=self.embedding,
+                                       key=jax.random.fold_in(key, 2))
+            config.update(embedding=embedding.config(), trials=int(trials))
+        cond_dim = math.prod(x_shape) if embedding is None else embedding.out_dim
+        flow = build_flow(config["density_estimator"], prior.dim, cond_dim, hidden=self.hidden,
                           num_layers=self.num_layers, num_bins=self.num_bins,
                           tail_bound=self.tail_bound, nn_depth=self.nn_depth, key=k_flow,
                           conditional_affine=True)
-        if self.linear_init and self.embedding is None:
+        if self.linear_init and embedding is None:
             flow = linear_gaussian_init(flow, s_theta, x_std.reshape(len(x_std), -1))
-        model = NPEModel(flow, self.embedding)
+        model = NPEModel(flow, embedding)
 
-        loss = functools.partial(_nll, noise=float(self.summary_noise))
+        loss = functools.partial(_nll, noise=float(self.summary_noise), subsets=bool(trials))
         if self.truncation_fraction > 0 and identity.any():
             mean, sd = (jnp.asarray(stats[k], jnp.float32) for k in ("theta_mean", "theta_std"))
 
@@ -622,7 +639,7 @@ class NPE:
                 return prior.in_support(prior.from_unconstrained(s * sd + mean, keep=identity))
 
             loss = functools.partial(_nll, inside=inside, fraction=self.truncation_fraction,
-                                     noise=float(self.summary_noise))
+                                     noise=float(self.summary_noise), subsets=bool(trials))
         model, history = engine.fit(
             model, loss, (s_theta, x_std), key=k_fit, learning_rate=self.learning_rate,
             batch_size=self.batch_size, max_epochs=self.epochs_for(len(theta)),
@@ -632,10 +649,10 @@ class NPE:
             desc="NPE", ema_decay=self.ema_decay)
         stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
         post = DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
-                               config=self.config(), history=history,
+                               config=config, history=history,
                                training=self.training_config())
-        return post._attach_data(x, summary=summary, recording_shape=recording_shape,
-                                 meta=getattr(bank, "meta", None))
+        return post._attach_data(x[:, 0] if trials else x, summary=summary,  # one trial per simulation
+                                 recording_shape=recording_shape, meta=getattr(bank, "meta", None))
 
     def epochs_for(self, num_simulations: int) -> int:
         """Epochs a fit on ``num_simulations`` rows runs at most (resolves ``max_epochs=None``)."""
@@ -674,11 +691,26 @@ def standardisation(z, x, mode):
             "x_std": full(x_std)}
 
 
-def _nll(model, static, batch, key, inside=None, fraction=0.0, noise=0.0):
+def random_trial_subsets(key, x):
+    """Each row of ``x (n, K, ...)`` keeps a random subset of ``k ~ U{1..K}`` trials; the rest NaN.
+
+    The subset size is drawn per row, the subset uniformly among those of that size, so
+    a trial embedding learns the posterior given any number of trials up to ``K``.
+    """
+    n, k_max = x.shape[:2]
+    k_size, k_pick = jax.random.split(key)
+    size = jax.random.randint(k_size, (n, 1), 1, k_max + 1)
+    rank = jnp.argsort(jnp.argsort(jax.random.uniform(k_pick, (n, k_max)), axis=1), axis=1)
+    keep = (rank < size).reshape((n, k_max) + (1,) * (x.ndim - 2))
+    return jnp.where(keep, x, jnp.nan)
+
+
+def _nll(model, static, batch, key, inside=None, fraction=0.0, noise=0.0, subsets=False):
     """NPE's minibatch loss: the negative log-likelihood of ``theta`` under the flow.
 
     With ``noise > 0`` the standardised observations get fresh Gaussian noise of that
-    standard deviation first (``NPE(summary_noise=...)``).
+    standard deviation first (``NPE(summary_noise=...)``). With ``subsets`` (a bank with
+    trials) each row keeps a random subset of its trials (:func:`random_trial_subsets`).
 
     With ``inside`` (standardised flow coordinates ``(m, d)`` -> in the prior's support,
     ``(m,)``) and ``fraction > 0`` it is the truncated objective
@@ -692,6 +724,9 @@ def _nll(model, static, batch, key, inside=None, fraction=0.0, noise=0.0):
     if noise > 0:
         key, k_noise = jax.random.split(key)
         x_std = x_std + noise * jax.random.normal(k_noise, x_std.shape, x_std.dtype)
+    if subsets:
+        key, k_sub = jax.random.split(key)
+        x_std = random_trial_subsets(k_sub, x_std)
     cond = jax.vmap(model.condition)(x_std)
     n = s_theta.shape[0]
     m = min(n, math.ceil(fraction * n)) if inside is not None else 0
