@@ -122,7 +122,7 @@ def cmd_simulate(args) -> None:
                      on_invalid=args.on_invalid)
     if out.suffix == ".npz":
         bank.save(out)
-    print(f"wrote {len(bank)} simulations of task {task.reference!r} to {out} "
+    print(f"wrote {len(bank)} simulations of task {task.ref!r} to {out} "
           f"({bank.meta['num_invalid']} invalid, policy {bank.meta['on_invalid']!r})")
 
 
@@ -172,12 +172,12 @@ def cmd_train(args) -> None:
                               summary=summary, recording_shape=recording_shape)
     seconds = time.perf_counter() - t0
     if task is not None:
-        posterior.training["task"] = task.reference  # `bmsbi diagnose` finds the task again
+        posterior.training["task"] = task.ref  # `bmsbi diagnose` finds the task again
     posterior.save(out)
     h = posterior.history
     best = "n/a" if h is None or not h.val_loss else f"{float(h.best_val_loss):.4f} (epoch {h.best_epoch})"
     epochs = "?" if h is None else h.epochs
-    what = f"task {task.reference!r}" if task is not None else "its prior"
+    what = f"task {task.ref!r}" if task is not None else "its prior"
     print(f"trained {args.estimator.upper()} on {len(bank)} simulations ({what}): {epochs} epochs in "
           f"{seconds:.1f} s, best validation loss {best}; wrote {out}")
 
@@ -424,10 +424,10 @@ def cmd_diagnose(args) -> None:
         if posterior.summary is not None and posterior.summary != task.summary:
             task = task.with_summary(posterior.summary)
         if tuple(task.prior.names) != tuple(posterior.names):
-            raise CLIError(f"--task: task {task.reference!r} has parameters {task.prior.names}, the posterior "
+            raise CLIError(f"--task: task {task.ref!r} has parameters {task.prior.names}, the posterior "
                            f"{posterior.names}")
         bank = task.bank(args.num_simulations or 300, k_sim, progress=not args.quiet)
-        source = f"{len(bank)} fresh simulations of task {task.reference!r} (seed {args.seed})"
+        source = f"{len(bank)} fresh simulations of task {task.ref!r} (seed {args.seed})"
     if len(bank) < 2:
         raise CLIError(f"need at least 2 held-out simulations, got {len(bank)}")
     finite = bank.finite_mask()

@@ -41,7 +41,7 @@ A :class:`Task` built in your own module is used everywhere a task name is, in t
   ``pyproject.toml``): known by name in every process, listed by :func:`list_tasks` and
   ``bmsbi tasks``, loaded on first use.
 
-A bank simulated from a task records how to find it again (:attr:`Task.reference`: the
+A bank simulated from a task records how to find it again (:attr:`Task.ref`: the
 name for named tasks, the ``module:attribute`` reference for referenced ones), so
 ``bmsbi train`` / ``diagnose`` find the task from the bank or posterior alone. See the
 documentation page "Bring your own model".
@@ -151,7 +151,7 @@ def get(ref: str) -> Task:
     >>> simulators.get("hopf_node").prior.names
     ('a', 'f', 'sigma')
     >>> task = simulators.get("simulators.jansen_rit:task")
-    >>> task.name, task.reference
+    >>> task.name, task.ref
     ('jansen_rit', 'simulators.jansen_rit:task')
     """
     if not isinstance(ref, str):
@@ -252,7 +252,7 @@ def _named(task: Task, name: str) -> Task:
     """``task`` known as ``name``; a ``module:attr`` reference is kept (it works in any process)."""
     if task.name == name:
         return task
-    reference = task.reference if split_reference(task.reference) else name
+    reference = task.reference if split_reference(task.reference) else None
     return dataclasses.replace(task, name=name, reference=reference)
 
 

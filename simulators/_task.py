@@ -133,9 +133,9 @@ class Task:
         Name of each recording column (e.g. atlas regions); ``None`` when the columns
         are anonymous.
     reference : str, optional
-        How another process finds this task again, recorded in the banks it simulates
-        (``meta["task"]``): a name known to :func:`simulators.get` or a
-        ``"package.module:attribute"`` reference. Default: ``name``.
+        How another process finds this task again (see :attr:`ref`): a
+        ``"package.module:attribute"`` reference or a name known to
+        :func:`simulators.get`; ``None`` (default) means ``name``.
         :func:`simulators.get` sets it to the reference it was given, so
         ``simulators.get("my_tasks:task").bank(...)`` writes a bank that ``bmsbi train``
         can use without being told the task.
@@ -166,9 +166,7 @@ class Task:
     def __post_init__(self):
         if not is_task_name(self.name):
             raise ValueError(f"name: expected a task name of letters, digits, '_', '.' or '-', got {self.name!r}")
-        if self.reference is None:
-            object.__setattr__(self, "reference", self.name)
-        elif not (is_task_name(self.reference) or split_reference(self.reference)):
+        if self.reference is not None and not (is_task_name(self.reference) or split_reference(self.reference)):
             raise ValueError(f"reference: expected a task name or 'package.module:attribute', "
                              f"got {self.reference!r}")
         if not isinstance(self.prior, bmsbi.Prior):
@@ -204,6 +202,21 @@ class Task:
     def names(self) -> tuple[str, ...]:
         """Parameter names, in column order."""
         return self.prior.names
+
+    @property
+    def ref(self) -> str:
+        """What finds this task again, recorded in its banks (``meta["task"]``) and posteriors.
+
+        :attr:`reference` when set, else :attr:`name`; ``simulators.get(task.ref)`` gives
+        this task back (a copy for a reference).
+
+        Examples
+        --------
+        >>> import simulators
+        >>> simulators.get("hopf_node").ref, simulators.get("simulators.hopf_node:task").ref
+        ('hopf_node', 'simulators.hopf_node:task')
+        """
+        return self.reference or self.name
 
     @property
     def feature_names(self) -> list[str]:
@@ -271,7 +284,7 @@ class Task:
     def bank(self, n: int, key, **kwargs) -> bmsbi.Bank:
         """Simulate ``n`` draws from the prior: ``bmsbi.simulate_bank(simulate, prior, n, key=key, **kwargs)``.
 
-        The bank's ``meta`` gains ``task`` (:attr:`reference`), ``summary`` (the summary's ``to_dict``),
+        The bank's ``meta`` gains ``task`` (:attr:`ref`), ``summary`` (the summary's ``to_dict``),
         ``recording_shape`` ``[n_time, n_regions]``, ``fs``, ``prior`` (its
         ``to_dict``) and ``channels`` (when the task names its columns), also in a bank folder's manifest (``path=``): a posterior trained on
         it then accepts raw recordings (see :meth:`bmsbi.Posterior.infer`), and
@@ -284,7 +297,7 @@ class Task:
         >>> bank.theta.shape
         (8, 3)
         """
-        meta = {**dict(kwargs.pop("meta", None) or {}), "task": self.reference,
+        meta = {**dict(kwargs.pop("meta", None) or {}), "task": self.ref,
                 "summary": self.summary.to_dict(), "recording_shape": [self.n_time, self.n_regions],
                 "fs": self.fs, "prior": self.prior.to_dict()}
         if self.channels is not None:
