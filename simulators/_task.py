@@ -41,7 +41,13 @@ _REFERENCE = re.compile(rf"({_DOTTED}):({_DOTTED})")
 
 
 def is_task_name(name) -> bool:
-    """Whether ``name`` can name a task: letters, digits, ``_``, ``.``, ``-`` (no ``:``)."""
+    """Whether ``name`` can name a task: letters, digits, ``_``, ``.``, ``-`` (no ``:``).
+
+    Examples
+    --------
+    >>> is_task_name("wc_lfp"), is_task_name("wc_lfp:task")
+    (True, False)
+    """
     return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 
