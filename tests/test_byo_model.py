@@ -235,6 +235,17 @@ def test_cli_says_in_one_line_which_task_reference_cannot_be_used(task_module, t
         assert "pass --task to use another" in err[0] or argv[0] != "train" or "--task" in argv
 
 
+def test_cli_imports_references_from_the_current_folder(tmp_path, monkeypatch, capsys):
+    # As the installed console script runs: its sys.path holds neither '' nor the current folder.
+    (tmp_path / "tmp_byo_cwd.py").write_text("not_a_task = 3\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "tmp_byo_cwd", raising=False)
+    assert main(["simulate", "tmp_byo_cwd:not_a_task", "-n", "4", "--out", "b.npz"]) == 2
+    assert "expected a simulators.Task or a zero-argument callable returning one, got int" in capsys.readouterr().err
+    assert sys.path[0] == str(tmp_path)
+
+
 # ------------------------------------------------------------------ the docs page
 def _blocks(text: str) -> list[tuple[str, str, str]]:
     """``(language, info after it, code)`` of every fenced block of a markdown page, in order."""
