@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -24,13 +25,27 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def _task(name: str):
+def _task(ref: str, *, source: str = "task", fix: str = ""):
+    """The task ``ref`` names: a task name or ``package.module:attribute``; one-line errors.
+
+    References are imported with the current folder on ``sys.path`` (as ``python -m``
+    has it), so ``bmsbi simulate my_model:task`` finds ``./my_model.py``. ``source``
+    opens the error line (where ``ref`` came from), ``fix`` ends it.
+    """
     import simulators
 
+    if ":" in ref:
+        cwd = os.getcwd()
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.insert(0, cwd)
     try:
-        return simulators.get(name)
-    except (KeyError, ValueError):
-        raise CLIError(f"unknown task {name!r}; available: {', '.join(simulators.list_tasks())}") from None
+        return simulators.get(ref)
+    except KeyError:
+        raise CLIError(f"{source} {ref!r}: no such task; available: {', '.join(simulators.list_tasks())}; "
+                       f"a task of your own: pass package.module:attribute{fix}") from None
+    except ValueError as exc:
+        detail = _first_line(exc).removeprefix("ref: ").removeprefix(f"{ref!r}: ")
+        raise CLIError(f"{source} {ref!r}: {detail}{fix}") from None
 
 
 def _existing(path: str, what: str) -> Path:
@@ -107,7 +122,7 @@ def cmd_simulate(args) -> None:
                      on_invalid=args.on_invalid)
     if out.suffix == ".npz":
         bank.save(out)
-    print(f"wrote {len(bank)} simulations of task {task.name!r} to {out} "
+    print(f"wrote {len(bank)} simulations of task {task.ref!r} to {out} "
           f"({bank.meta['num_invalid']} invalid, policy {bank.meta['on_invalid']!r})")
 
 
@@ -115,24 +130,25 @@ def cmd_simulate(args) -> None:
 _ESTIMATORS = ("npe", "nle", "nre")
 
 
-def _prior_and_task(bank, task_name):
+def _prior_and_task(bank, task_ref):
     """``(prior, task or None)`` for a bank: ``--task``, else the bank's meta."""
     import bmsbi
 
     meta = bank.meta
-    if task_name is not None:
-        return _task(task_name).prior, _task(task_name)
-    name = _bank_task_name(meta)
+    if task_ref is not None:
+        task = _task(task_ref, source="--task")
+        return task.prior, task
+    ref = _bank_task_name(meta)
     if isinstance(meta.get("prior"), dict):
         try:
             prior = bmsbi.Prior.from_dict(meta["prior"])
         except ValueError as exc:
             raise CLIError(f"bank: its meta holds an unreadable prior ({exc}); pass --task") from None
-        return prior, (_task(name) if name else None)
-    if name is None:
+        return prior, (_task(ref, source="bank: its task", fix="; pass --task to use another") if ref else None)
+    if ref is None:
         raise CLIError("bank: its meta names neither a task nor a prior (not written by `bmsbi simulate`?); "
                        "pass --task")
-    task = _task(name)
+    task = _task(ref, source="bank: its task", fix="; pass --task to use another")
     return task.prior, task
 
 
@@ -156,12 +172,12 @@ def cmd_train(args) -> None:
                               summary=summary, recording_shape=recording_shape)
     seconds = time.perf_counter() - t0
     if task is not None:
-        posterior.training["task"] = task.name
+        posterior.training["task"] = task.ref  # `bmsbi diagnose` finds the task again
     posterior.save(out)
     h = posterior.history
     best = "n/a" if h is None or not h.val_loss else f"{float(h.best_val_loss):.4f} (epoch {h.best_epoch})"
     epochs = "?" if h is None else h.epochs
-    what = f"task {task.name!r}" if task is not None else "its prior"
+    what = f"task {task.ref!r}" if task is not None else "its prior"
     print(f"trained {args.estimator.upper()} on {len(bank)} simulations ({what}): {epochs} epochs in "
           f"{seconds:.1f} s, best validation loss {best}; wrote {out}")
 
@@ -404,18 +420,19 @@ def cmd_diagnose(args) -> None:
             bank = bank[:args.num_simulations]
         source = f"bank {args.bank}"
     else:
-        name = args.task or posterior.training.get("task")
-        if not name:
+        ref = args.task or posterior.training.get("task")
+        if not ref:
             raise CLIError("the posterior does not name its task; pass --bank BANK (held-out simulations) "
                            "or --task TASK")
-        task = _task(name)
+        task = (_task(ref, source="--task") if args.task else
+                _task(ref, source="posterior: its task", fix="; pass --task or --bank to use another"))
         if posterior.summary is not None and posterior.summary != task.summary:
             task = task.with_summary(posterior.summary)
         if tuple(task.prior.names) != tuple(posterior.names):
-            raise CLIError(f"--task: task {task.name!r} has parameters {task.prior.names}, the posterior "
+            raise CLIError(f"--task: task {task.ref!r} has parameters {task.prior.names}, the posterior "
                            f"{posterior.names}")
         bank = task.bank(args.num_simulations or 300, k_sim, progress=not args.quiet)
-        source = f"{len(bank)} fresh simulations of task {task.name!r} (seed {args.seed})"
+        source = f"{len(bank)} fresh simulations of task {task.ref!r} (seed {args.seed})"
     if len(bank) < 2:
         raise CLIError(f"need at least 2 held-out simulations, got {len(bank)}")
     finite = bank.finite_mask()
@@ -437,7 +454,7 @@ def cmd_diagnose(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    _task(args.task)
+    _task(args.task, source="--task")
     run_demo(task_name=args.task, out=_writable(args.out, "--out", folder=True), num_simulations=args.num_simulations,
              seed=args.seed, quiet=args.quiet)
 
@@ -463,6 +480,11 @@ _DIAGNOSE_DESCRIPTION = ("Check a posterior's calibration on held-out simulation
     "and report.json into --out and prints the report.")
 
 
+_REF_HELP = ("package.module:attribute naming a simulators.Task of your own (or a zero-argument "
+             "function returning one; the current folder is searched first)")
+_ENTRY_POINT_GROUP = "bmsbi.tasks"  # simulators.ENTRY_POINT_GROUP; cli imports simulators lazily
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bmsbi",
@@ -475,16 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "held-out synthetic recording, check calibration and write plots, "
                                    "a netCDF InferenceData and a text report.")
     d.add_argument("--out", default="bmsbi-demo", help="output folder (default: %(default)s)")
-    d.add_argument("--task", default="hopf_node", help="task from the simulators package (default: %(default)s)")
+    d.add_argument("--task", default="hopf_node",
+                   help=f"task name (see `bmsbi tasks`) or {_REF_HELP} (default: %(default)s)")
     d.add_argument("--num-simulations", type=int, default=None, help="bank size (default: the task's demo size)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("simulate", help="simulate a bank for a ready-made task",
+    s = sub.add_parser("simulate", help="simulate a bank for a task (ready-made or your own)",
                        description="Simulate NUM_SIMULATIONS draws from a task's prior and write the "
-                                   "bank (a folder: resumable; or a .npz file).")
-    s.add_argument("task", help="task name (see `bmsbi tasks`)")
+                                   "bank (a folder: resumable; or a .npz file). The bank records the "
+                                   "task, so `bmsbi train` and `bmsbi diagnose` find it again.")
+    s.add_argument("task", help=f"task name (see `bmsbi tasks`) or {_REF_HELP}")
     s.add_argument("-n", "--num-simulations", type=int, required=True)
     s.add_argument("--out", required=True, help="bank folder (resumable) or .npz file")
     s.add_argument("--seed", type=int, default=0)
@@ -501,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("bank", help="bank folder or .npz file")
     tr.add_argument("--out", required=True, help="posterior file to write (e.g. hopf.bmsbi)")
     tr.add_argument("--estimator", choices=_ESTIMATORS, default="npe", help="default: %(default)s")
-    tr.add_argument("--task", default=None, help="take the prior from this task instead of the bank's meta")
+    tr.add_argument("--task", default=None, help="take the prior from this task (a name or "
+                                                  "package.module:attribute) instead of the bank's meta")
     tr.add_argument("--max-epochs", type=int, default=None,
                     help="training epochs at most (default: the estimator's own, early stopping applies)")
     tr.add_argument("--seed", type=int, default=0)
@@ -549,7 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("posterior", help="posterior file (from `bmsbi train`)")
     src = dg.add_mutually_exclusive_group()
     src.add_argument("--bank", default=None, help="held-out bank folder or .npz file")
-    src.add_argument("--task", default=None, help="simulate held-out data from this task")
+    src.add_argument("--task", default=None, help="simulate held-out data from this task (a name or "
+                                                   "package.module:attribute)")
     dg.add_argument("-n", "--num-simulations", type=int, default=None,
                     help="held-out simulations to use (default: 300 simulated; all of --bank)")
     dg.add_argument("--num-samples", type=int, default=200,
@@ -559,7 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--quiet", action="store_true", help="no progress bars")
     dg.set_defaults(func=cmd_diagnose)
 
-    t = sub.add_parser("tasks", help="list the ready-made tasks")
+    t = sub.add_parser("tasks", help="list the known tasks",
+                       description="List the ready-made tasks and those installed packages expose "
+                                   f"through the entry-point group {_ENTRY_POINT_GROUP!r}: name, "
+                                   "parameters, description (or why a task is unavailable). A task of "
+                                   f"your own is also used by reference: {_REF_HELP}.")
     t.set_defaults(func=cmd_tasks)
     return p
 
@@ -570,8 +600,8 @@ def cmd_tasks(args) -> None:
     for name in simulators.list_tasks():
         try:
             task = simulators.get(name)
-        except ValueError as exc:  # a task whose data come from an extra that is not installed
-            print(f"{name:14s} {'(unavailable)':30s} {exc}")
+        except ValueError as exc:  # data from an extra that is not installed, a broken entry point
+            print(f"{name:14s} {'(unavailable)':30s} {_first_line(exc).removeprefix('ref: ')}")
             continue
         print(f"{name:14s} {', '.join(task.prior.names):30s} {task.description}")
 

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 from typing import Any, Callable, Mapping
 
 import jax
@@ -25,13 +26,41 @@ from bmsbi._checks import as_key
 from bmsbi.summaries import Summary
 
 __all__ = ["Task", "white_noise_sigma", "as_float32", "add_measurement_noise", "record",
-           "FS", "TRANSIENT_MS", "DURATION_MS", "N_TIME"]
+           "is_task_name", "split_reference", "FS", "TRANSIENT_MS", "DURATION_MS", "N_TIME"]
 
 # The recording protocol every task shares: 0.5 s transient discarded, 4 s at 250 Hz.
 FS = 250.0  # Hz
 TRANSIENT_MS = 500.0
 DURATION_MS = 4000.0
 N_TIME = round(DURATION_MS * FS / 1000.0)
+
+# A task name (no ':'), and a 'package.module:attribute' reference (dotted names both sides).
+_NAME = re.compile(r"[\w.-]+")
+_DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+_REFERENCE = re.compile(rf"({_DOTTED}):({_DOTTED})")
+
+
+def is_task_name(name) -> bool:
+    """Whether ``name`` can name a task: letters, digits, ``_``, ``.``, ``-`` (no ``:``).
+
+    Examples
+    --------
+    >>> is_task_name("wc_lfp"), is_task_name("wc_lfp:task")
+    (True, False)
+    """
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
+def split_reference(ref) -> tuple[str, str] | None:
+    """``(module, attribute)`` of a ``"package.module:attribute"`` reference, else ``None``.
+
+    Examples
+    --------
+    >>> split_reference("my_tasks.wc:task"), split_reference("hopf_node")
+    (('my_tasks.wc', 'task'), None)
+    """
+    m = _REFERENCE.fullmatch(ref) if isinstance(ref, str) else None
+    return (m.group(1), m.group(2)) if m else None
 
 
 def record(model, dt: float, monitors, *, unit_ms: float = 1.0):
@@ -109,6 +138,13 @@ class Task:
     channels : tuple of str, optional
         Name of each recording column (e.g. atlas regions); ``None`` when the columns
         are anonymous.
+    reference : str, optional
+        How another process finds this task again (see :attr:`ref`): a
+        ``"package.module:attribute"`` reference or a name known to
+        :func:`simulators.get`; ``None`` (default) means ``name``.
+        :func:`simulators.get` sets it to the reference it was given, so
+        ``simulators.get("my_tasks:task").bank(...)`` writes a bank that ``bmsbi train``
+        can use without being told the task.
 
     Examples
     --------
@@ -131,8 +167,14 @@ class Task:
     units: Mapping[str, str]
     obs_noise: float = 0.0
     channels: tuple[str, ...] | None = None
+    reference: str | None = None
 
     def __post_init__(self):
+        if not is_task_name(self.name):
+            raise ValueError(f"name: expected a task name of letters, digits, '_', '.' or '-', got {self.name!r}")
+        if self.reference is not None and not (is_task_name(self.reference) or split_reference(self.reference)):
+            raise ValueError(f"reference: expected a task name or 'package.module:attribute', "
+                             f"got {self.reference!r}")
         if not isinstance(self.prior, bmsbi.Prior):
             raise ValueError(f"prior: expected a bmsbi.Prior, got {type(self.prior).__name__}")
         if len(self.true_theta) != self.prior.dim:
@@ -166,6 +208,21 @@ class Task:
     def names(self) -> tuple[str, ...]:
         """Parameter names, in column order."""
         return self.prior.names
+
+    @property
+    def ref(self) -> str:
+        """What finds this task again, recorded in its banks (``meta["task"]``) and posteriors.
+
+        :attr:`reference` when set, else :attr:`name`; ``simulators.get(task.ref)`` gives
+        this task back (a copy for a reference).
+
+        Examples
+        --------
+        >>> import simulators
+        >>> simulators.get("hopf_node").ref, simulators.get("simulators.hopf_node:task").ref
+        ('hopf_node', 'simulators.hopf_node:task')
+        """
+        return self.reference or self.name
 
     @property
     def feature_names(self) -> list[str]:
@@ -233,7 +290,7 @@ class Task:
     def bank(self, n: int, key, **kwargs) -> bmsbi.Bank:
         """Simulate ``n`` draws from the prior: ``bmsbi.simulate_bank(simulate, prior, n, key=key, **kwargs)``.
 
-        The bank's ``meta`` gains ``task``, ``summary`` (the summary's ``to_dict``),
+        The bank's ``meta`` gains ``task`` (:attr:`ref`), ``summary`` (the summary's ``to_dict``),
         ``recording_shape`` ``[n_time, n_regions]``, ``fs``, ``prior`` (its
         ``to_dict``) and ``channels`` (when the task names its columns), also in a bank folder's manifest (``path=``): a posterior trained on
         it then accepts raw recordings (see :meth:`bmsbi.Posterior.infer`), and
@@ -246,7 +303,7 @@ class Task:
         >>> bank.theta.shape
         (8, 3)
         """
-        meta = {**dict(kwargs.pop("meta", None) or {}), "task": self.name,
+        meta = {**dict(kwargs.pop("meta", None) or {}), "task": self.ref,
                 "summary": self.summary.to_dict(), "recording_shape": [self.n_time, self.n_regions],
                 "fs": self.fs, "prior": self.prior.to_dict()}
         if self.channels is not None:
