@@ -273,3 +273,23 @@ def test_nle_given_1_to_20_trials_matches_the_analytic_posterior(big_trial_bank)
     worst_mean, worst_sd = _errors(post, seeds=range(3))
     print(f"NLE (20k simulations x 20 trials): worst mean error {worst_mean:.3f} sd, worst sd error {worst_sd:.3f}")
     assert worst_mean < 0.15 and worst_sd < 0.15
+
+
+# ------------------------------------------------------------------------- docs
+def test_the_trials_page_runs_and_its_posterior_narrows_as_the_page_says():
+    import pathlib
+    import re
+
+    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "trials.md"
+    code = "\n".join(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S))
+    ns = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bmsbi.OutOfDistributionWarning)
+        exec(compile(code, str(page), "exec"), ns)
+    post, x_k = ns["post"], ns["x_k"]
+    for k in (1, 10):
+        sd = np.asarray(post.sample(jax.random.key(3), bmsbi.Trials(x_k[:k]), 2000)).std(0).mean()
+        assert abs(sd / (1 + 4 * k) ** -0.5 - 1) < 0.2, (k, sd)
+    nle_draws = np.asarray(ns["draws"])
+    mean, sd = analytic(np.asarray(x_k))
+    assert np.all(np.abs(nle_draws.mean(0) - mean) < 0.5 * sd)
