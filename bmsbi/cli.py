@@ -119,10 +119,11 @@ def cmd_simulate(args) -> None:
     out = _writable(args.out, "--out", folder=Path(args.out).suffix != ".npz")
     bank = task.bank(args.num_simulations, _key(args.seed), chunk_size=args.chunk_size,
                      path=None if out.suffix == ".npz" else out, progress=not args.quiet,
-                     on_invalid=args.on_invalid)
+                     on_invalid=args.on_invalid, trials=args.trials)
     if out.suffix == ".npz":
         bank.save(out)
-    print(f"wrote {len(bank)} simulations of task {task.ref!r} to {out} "
+    each = f" x {args.trials} trials" if args.trials else ""
+    print(f"wrote {len(bank)}{each} simulations of task {task.ref!r} to {out} "
           f"({bank.meta['num_invalid']} invalid, policy {bank.meta['on_invalid']!r})")
 
 
@@ -513,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="bank folder (resumable) or .npz file")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--chunk-size", type=int, default=None)
+    s.add_argument("--trials", type=int, default=None,
+                   help="iid trials per parameter draw, each with its own noise (x: (n, TRIALS, ...)); NPE "
+                        "trained on it takes 1..TRIALS trials of one experiment (bmsbi infer --trials)")
     s.add_argument("--on-invalid", choices=["drop", "raise", "keep"], default="drop")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_simulate)

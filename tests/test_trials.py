@@ -293,3 +293,33 @@ def test_the_trials_page_runs_and_its_posterior_narrows_as_the_page_says():
     nle_draws = np.asarray(ns["draws"])
     mean, sd = analytic(np.asarray(x_k))
     assert np.all(np.abs(nle_draws.mean(0) - mean) < 0.5 * sd)
+
+
+def test_a_long_recording_as_trials_is_split_into_reported_epochs():
+    import simulators
+
+    task = simulators.get("hopf_node")
+    bank = task.bank(300, jax.random.key(0), trials=2, progress=False)
+    assert bank.x.shape == (300, 2, len(task.feature_names))
+    post = bmsbi.NPE(max_epochs=3, hidden=16, num_layers=2).fit(bank, prior=task.prior, key=1, progress=False)
+    assert post.recording_spec.n_samples == task.n_time and post.max_trials == 2
+    two = np.concatenate([np.asarray(task.observe(task.true_theta, jax.random.key(i))) for i in (1, 2)])
+    rec = bmsbi.Recording(np.concatenate([two, two[:50]]), fs=task.fs, name="session")   # 2 epochs + a tail
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bmsbi.OutOfDistributionWarning)
+        res = post.infer(jax.random.key(0), bmsbi.Trials(rec, name="session"), 100)
+        with pytest.raises(ValueError, match="recordings: 4 iid trials, but this posterior was trained on at most 2"):
+            post.infer(jax.random.key(0), bmsbi.Trials(bmsbi.Recording(np.concatenate([two, two]), fs=task.fs)), 10)
+    assert res.samples.shape == (1, 100, 3) and res.labels == ["session"]
+    assert any("epoch 1 of 2" in c for c in res.corrections[0]) and any("dropped" in c or "tail" in c
+                                                                       for c in res.corrections[0]), res.corrections
+
+
+def test_cli_simulate_trials_writes_a_bank_with_trials(tmp_path, capsys):
+    assert main(["simulate", "hopf_node", "-n", "20", "--trials", "3", "--out", str(tmp_path / "b.npz"),
+                 "--quiet"]) == 0
+    assert "20 x 3 trials simulations" in capsys.readouterr().out
+    bank = bmsbi.Bank.load(tmp_path / "b.npz")
+    assert bank.trials == 3 and bank.x.shape[:2] == (20, 3)
+    assert main(["simulate", "hopf_node", "-n", "20", "--trials", "0", "--out", str(tmp_path / "c.npz")]) == 2
+    assert "trials: expected a positive int" in capsys.readouterr().err
