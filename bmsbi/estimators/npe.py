@@ -606,7 +606,7 @@ class NPE:
 
         k_flow, k_fit = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
         cond_dim = math.prod(x_shape) if self.embedding is None else self.embedding.out_dim
-        flow = build_flow(self.density_estimator, prior.dim, cond_dim, hidden=self.hidden,
+        flow = build_flow(self.density_estimator, prior.unconstrained_dim, cond_dim, hidden=self.hidden,
                           num_layers=self.num_layers, num_bins=self.num_bins,
                           tail_bound=self.tail_bound, nn_depth=self.nn_depth, key=k_flow,
                           conditional_affine=True)
