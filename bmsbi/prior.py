@@ -149,8 +149,8 @@ def _block_spec_of(d: dist.Distribution) -> dict:
 
 def _check_arguments(where: str, d: dist.Distribution) -> None:
     """Refuse invalid distribution arguments (numpyro's own checks, and low < high)."""
-    part = d
-    while part is not None:  # Independent / truncated / expanded wrap the distribution that holds the arguments
+    part = d  # Independent / truncated / expanded wrap the distribution that holds the arguments
+    while part is not None:
         for arg, value in part.get_args().items():
             constraint = part.arg_constraints[arg]
             if constraints.is_dependent(constraint) or isinstance(value, jax.core.Tracer):
@@ -244,7 +244,8 @@ def _dist_from_spec(where: str, spec: Mapping, k: int | None = None) -> dist.Dis
     except (TypeError, AssertionError) as err:  # numpyro's constructors on malformed arguments
         raise ValueError(f"{where}: cannot build a {family}: {err}") from None
     except ValueError as err:
-        raise ValueError(str(err) if str(err).startswith(where) else f"{where}: invalid arguments: {err}") from None
+        message = str(err) if str(err).startswith(where) else f"{where}: invalid arguments: {err}"
+        raise ValueError(message) from None
     _check_arguments(where, d)
     return d
 

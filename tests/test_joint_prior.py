@@ -213,7 +213,8 @@ def test_correlated_gaussian_prior_10d_at_10k(name, tmp_path):
     theta = np.asarray(prior.sample(jax.random.key(0), 10_000))
     x = (theta + NOISE_VAR ** 0.5 * np.random.default_rng(1).normal(size=theta.shape)).astype(np.float32)
     th_obs = np.asarray(prior.sample(jax.random.key(5), 3))
-    x_obs = (th_obs + NOISE_VAR ** 0.5 * np.random.default_rng(6).normal(size=th_obs.shape)).astype(np.float32)
+    noise = NOISE_VAR ** 0.5 * np.random.default_rng(6).normal(size=th_obs.shape)
+    x_obs = (th_obs + noise).astype(np.float32)
     post_mean, post_sd = analytic_posterior(x_obs, mean, cov)
     post = getattr(bmsbi, name)().fit(bmsbi.Bank(theta, x, names=prior.names), prior=prior,
                                       key=jax.random.key(2), progress=False)
