@@ -54,7 +54,7 @@ def nuts_sample(log_target: Callable, prior: Prior, key, x, num_samples: int, *,
     """
     from numpyro.infer.hmc import hmc
 
-    d = prior.dim
+    d = prior.unconstrained_dim
     per_chain = -(-num_samples // num_chains)
 
     def potential_gen(xi):

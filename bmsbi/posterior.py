@@ -73,12 +73,12 @@ def identity_mask(prior: Prior, theta_space: str) -> np.ndarray:
     """Parameters a DirectPosterior's flow models in their own coordinates (``True``).
 
     ``"unconstrained"``: none (every parameter through the prior's bijection);
-    ``"auto"``: the ``Uniform`` ones (the others through the bijection).
+    ``"auto"``: the scalar ``Uniform`` ones (the others, blocks included, through the bijection).
     """
     if theta_space == "unconstrained":
         return np.zeros(prior.dim, bool)
     if theta_space == "auto":
-        return np.array([type(d).__name__ == "Uniform" for d in prior.distributions.values()])
+        return np.array([type(d).__name__ == "Uniform" for d in prior.column_distributions()])
     raise ValueError(f"theta_space: expected one of {THETA_SPACES}, got {theta_space!r}")
 
 
@@ -1094,7 +1094,7 @@ class DirectPosterior(Posterior):
     def _unnormalized_log_prob(self, params, theta, x):
         model, stats, cond = self._unpack(params, x)
         inside = self.prior.in_support(theta.reshape(-1, self.dim)).reshape(theta.shape[:-1])
-        safe = jnp.where(inside[..., None], theta, self.prior.from_unconstrained(jnp.zeros(self.dim)))
+        safe = jnp.where(inside[..., None], theta, self.prior.interior_point())
         z, log_det = self._to_flow(safe)
         s = (z - stats["theta_mean"]) / stats["theta_std"]
         lp = model.flow.log_prob(s, cond[:, None, :])
@@ -1124,8 +1124,8 @@ class DirectPosterior(Posterior):
         x_shape = tuple(header["x_shape"])
         if not isinstance(config, dict) or config.get("estimator") != "NPE":
             raise ValueError("path: the file's estimator config is not an NPE config")
-        skeleton = model_from_config(config, prior.dim, x_shape)
-        model, stats = read_weights_and_stats(header, payload, skeleton, prior.dim, x_shape)
+        skeleton = model_from_config(config, prior.unconstrained_dim, x_shape)
+        model, stats = read_weights_and_stats(header, payload, skeleton, prior.unconstrained_dim, x_shape)
         return cls(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
                    history=history, training=header.get("training"))
 

@@ -54,7 +54,7 @@ class MCMCPosterior(Posterior):
         arrays, stats = params
         model = eqx.combine(arrays, self._rest)
         inside = self.prior.in_support(theta)
-        safe = jnp.where(inside, theta, self.prior.from_unconstrained(jnp.zeros(self.dim)))
+        safe = jnp.where(inside, theta, self.prior.interior_point())
         s = (self.prior.to_unconstrained(safe) - stats["theta_mean"]) / stats["theta_std"]
         x_std = (x - stats["x_mean"]) / stats["x_std"]
         if x.ndim == len(self.x_shape) + 1:  # iid trials (K, *x_shape); absent ones NaN
@@ -91,8 +91,8 @@ class MCMCPosterior(Posterior):
         if not isinstance(config, dict) or config.get("estimator") not in builders:
             raise ValueError("path: the file's estimator config is not an NLE or NRE config")
         x_shape = tuple(header["x_shape"])
-        skeleton = builders[config["estimator"]](config, prior.dim, x_shape)
-        model, stats = read_weights_and_stats(header, payload, skeleton, prior.dim, x_shape)
+        skeleton = builders[config["estimator"]](config, prior.unconstrained_dim, x_shape)
+        model, stats = read_weights_and_stats(header, payload, skeleton, prior.unconstrained_dim, x_shape)
         return cls(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
                    history=history, training=header.get("training"), mcmc=header.get("mcmc"))
 
@@ -123,7 +123,7 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
     s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
     x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
     k_model, k_fit = jax.random.split(key)
-    model = build_model(k_model, prior.dim, x_shape, (s_theta, x_std))
+    model = build_model(k_model, prior.unconstrained_dim, x_shape, (s_theta, x_std))
     t = estimator.training_config()
     model, history = engine.fit(
         model, loss, (s_theta, x_std), key=k_fit, learning_rate=t["learning_rate"],

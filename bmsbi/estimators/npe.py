@@ -623,7 +623,7 @@ class NPE:
                                        key=jax.random.fold_in(key, 2))
             config.update(embedding=embedding.config(), trials=int(trials))
         cond_dim = math.prod(x_shape) if embedding is None else embedding.out_dim
-        flow = build_flow(config["density_estimator"], prior.dim, cond_dim, hidden=self.hidden,
+        flow = build_flow(config["density_estimator"], prior.unconstrained_dim, cond_dim, hidden=self.hidden,
                           num_layers=self.num_layers, num_bins=self.num_bins,
                           tail_bound=self.tail_bound, nn_depth=self.nn_depth, key=k_flow,
                           conditional_affine=True)
