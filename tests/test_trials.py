@@ -254,24 +254,21 @@ def _errors(post, seeds=range(5)):
     return worst_mean, worst_sd
 
 
-@pytest.fixture(scope="module")
-def big_trial_bank():
-    return bmsbi.simulate_bank(sim, PRIOR, 20000, key=20, trials=K, progress=False)
-
-
 @pytest.mark.slow
-def test_npe_one_posterior_for_1_to_20_trials_matches_the_analytic_posterior(big_trial_bank):
-    post = bmsbi.NPE().fit(big_trial_bank, prior=PRIOR, key=21, progress=False)
+def test_npe_one_posterior_for_1_to_20_trials_matches_the_analytic_posterior():
+    bank = bmsbi.simulate_bank(sim, PRIOR, 40000, key=20, trials=K, progress=False)
+    post = bmsbi.NPE().fit(bank, prior=PRIOR, key=21, progress=False)
     worst_mean, worst_sd = _errors(post)
-    print(f"NPE (20k simulations x 20 trials): worst mean error {worst_mean:.3f} sd, worst sd error {worst_sd:.3f}")
+    print(f"NPE (40k simulations x 20 trials): worst mean error {worst_mean:.3f} sd, worst sd error {worst_sd:.3f}")
     assert worst_mean < 0.15 and worst_sd < 0.15
 
 
 @pytest.mark.slow
-def test_nle_given_1_to_20_trials_matches_the_analytic_posterior(big_trial_bank):
-    post = bmsbi.NLE().fit(big_trial_bank, prior=PRIOR, key=23, progress=False)   # trains on every trial
+def test_nle_given_1_to_20_trials_matches_the_analytic_posterior():
+    bank = bmsbi.simulate_bank(sim, PRIOR, 10000, key=22, trials=K, progress=False)
+    post = bmsbi.NLE().fit(bank, prior=PRIOR, key=23, progress=False)   # trains on every trial
     worst_mean, worst_sd = _errors(post, seeds=range(3))
-    print(f"NLE (20k simulations x 20 trials): worst mean error {worst_mean:.3f} sd, worst sd error {worst_sd:.3f}")
+    print(f"NLE (10k simulations x 20 trials): worst mean error {worst_mean:.3f} sd, worst sd error {worst_sd:.3f}")
     assert worst_mean < 0.15 and worst_sd < 0.15
 
 
