@@ -273,8 +273,9 @@ def _chunk_path(folder: Path, c: int) -> Path:
 def _write_chunk(folder: Path, c: int, index, theta, x, bank_id: str) -> None:
     index, theta, x = np.asarray(index), np.asarray(theta), np.asarray(x)
     checksum = np.array(_digest(index, theta, x))
+    # simulate_bank sweeps the folder's leftovers once, not one listing per chunk.
     bio.atomic_write(_chunk_path(folder, c), lambda f: np.savez(
-        f, index=index, theta=theta, x=x, checksum=checksum, bank_id=np.array(bank_id)))
+        f, index=index, theta=theta, x=x, checksum=checksum, bank_id=np.array(bank_id)), clean=False)
 
 
 def _present_chunks(folder: Path) -> set[int]:
@@ -484,8 +485,11 @@ def _probe(sim_fn, d: int, k_sim):
     if d in probes:
         return probes[d]
     try:
-        closed, states, x_struct = brainstate.transform.make_jaxpr(mapped, return_shape=True)(
-            jax.ShapeDtypeStruct((1, d), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32), k_sim)
+        # Brainstate's global random state enters the trace; its value's type (a raw or a
+        # typed key) depends on what ran before, so fix it for a digest that every process shares.
+        with brainstate.random.seed_context(jax.random.key(0)):
+            closed, states, x_struct = brainstate.transform.make_jaxpr(mapped, return_shape=True)(
+                jax.ShapeDtypeStruct((1, d), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32), k_sim)
     except Exception as exc:
         raise ValueError(
             f"simulator: calling simulator(theta (d={d},), key) failed while tracing: "
@@ -603,11 +607,13 @@ def _available_memory() -> int | None:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (AttributeError, ValueError, OSError):
             pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    try:  # a container's limit; its page cache ("file") can be reclaimed, so it counts as free
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
         if limit != "max":
-            avail = int(limit) - used if avail is None else min(avail, int(limit) - used)
+            stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+            free = int(limit) - int((cgroup / "memory.current").read_text()) + int(stat.get("file", 0))
+            avail = free if avail is None else min(avail, free)
     except (OSError, ValueError):
         pass
     return avail
@@ -700,7 +706,11 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     path : str or Path, optional
         Bank folder. Each finished chunk is written atomically; calling again with the
         same arguments resumes after a crash or kill and yields exactly the uninterrupted
-        bank. A folder holding a bank made with other arguments is refused. Under
+        bank. A folder holding a bank made with other arguments — or by a simulator that
+        computes something else (see the module docstring: the fingerprint digests the
+        simulator's trace) — is refused. Missing parent folders are created; a file at
+        ``path`` is refused. A folder written by an older bmsbi (no simulator digest)
+        still loads, and resumes once one stored chunk, simulated again, matches. Under
         ``jax.distributed`` each process simulates and writes its own chunks into the
         shared folder; :meth:`Bank.load` merges them.
     progress : bool
@@ -719,6 +729,13 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         ``(n, K, *x_shape)`` and ``bank.meta["trials"] == K``. A simulation counts as
         invalid when any of its trials is. Estimators read the second axis as trials
         (:class:`bmsbi.Trials`); chunking and resuming work as without.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, each naming the argument; ``num_simulations`` whose bank cannot
+        fit in the available memory (it is returned) or, with ``path``, on the disk
+        (checked before simulating); a simulator returning a scalar per simulation.
 
     Returns
     -------

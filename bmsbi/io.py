@@ -162,11 +162,12 @@ def _path_error(path: Path, exc: OSError) -> ValueError:
     return ValueError(f"path: cannot write {str(path)!r} ({exc.strerror or exc}); choose a writable location")
 
 
-def atomic_write(path, write: Callable) -> Path:
+def atomic_write(path, write: Callable, *, clean: bool = True) -> Path:
     """Call ``write(fh)`` on a temporary file next to ``path``, then rename it to ``path``.
 
     Readers never see half a file; a killed writer leaves only ``.<name>.<random>.tmp``,
-    which the next write of ``path`` removes. The file gets ``0o666`` less the umask.
+    which the next write of ``path`` removes (``clean=False`` leaves that to the caller,
+    e.g. one sweep of a bank folder instead of one listing per chunk). The file gets ``0o666`` less the umask.
     Missing parent folders are created. A folder at ``path``, a parent that is a file
     or an unwritable place is a ``ValueError`` naming ``path``.
     """
@@ -179,7 +180,8 @@ def atomic_write(path, write: Callable) -> Path:
         raise ValueError(f"path: cannot write {str(path)!r}: a parent of it is a file, not a folder") from None
     except OSError as exc:
         raise _path_error(path, exc) from None
-    remove_stale_temporaries(path.parent, f".{glob.escape(path.name)}.*.tmp")
+    if clean:
+        remove_stale_temporaries(path.parent, f".{glob.escape(path.name)}.*.tmp")
     while True:
         try:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
