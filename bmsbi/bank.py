@@ -9,6 +9,21 @@ given, and a second call with the same arguments resumes where a killed run stop
 :class:`Bank` holds ``theta (n, d)`` and ``x (n, *x_shape)`` with names and metadata,
 and reads/writes ``.npz`` files or bank directories (JSON manifest + ``.npz``
 chunks). Nothing is pickled.
+
+A bank folder's identity is its manifest's ``fingerprint``: the simulator's name, a
+digest of what it computes (``simulator_code``: the text of its jaxpr traced at one
+simulation, with object addresses masked, plus its constants and the values of the
+brainstate states it reads), the prior, the key, the budget, the chunk size, the
+output shape and dtype, the NaN policy and the trials. A call with ``path=`` resumes
+only a bank with the same fingerprint. When ``simulator_code`` cannot vouch for the
+simulator — a folder from a bmsbi that did not record it, a digest that changed (the
+simulator was edited, or a JAX/brainstate upgrade traces it differently), or a
+simulator that calls back into Python (``pure_callback``, ``io_callback``,
+``ffi_call``: code no trace shows) — the first stored chunk is simulated again and
+compared with what is stored (``rtol=1e-5``): the run resumes (and the manifest
+records the new digest) only if they agree. Each chunk records its indices and its
+bank's ``bank_id``; a chunk file at the wrong position (a copy, a reordered or a
+foreign file) is refused on load and on resume.
 """
 
 from __future__ import annotations
@@ -17,7 +32,8 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -26,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import io as bio
 from ._checks import as_key, check_positive_int
 from .prior import Prior, as_prior
 
@@ -45,26 +62,6 @@ def _digest(*arrays: np.ndarray) -> str:
         h.update(str((a.dtype.str, a.shape)).encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the usual umask-respecting permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _load_npz(path: Path) -> dict:
@@ -201,15 +198,18 @@ class Bank:
             arrays = {"theta": self.theta, "x": self.x}
             header = {"format": _FORMAT, "schema": SCHEMA_VERSION, "names": list(self.names),
                       "meta": self.meta, "checksum": _digest(self.theta, self.x)}
-            _atomic_write(path, lambda f: np.savez(f, header=np.array(json.dumps(header)), **arrays))
+            bio.atomic_write(path, lambda f: np.savez(f, header=np.array(json.dumps(header)), **arrays))
             return path
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"path: {path} is a file; end the name in .npz for a one-file bank")
         if path.exists() and any(path.iterdir()):
             raise ValueError(f"path: {path} exists and is not empty; choose a new folder or a .npz file name")
+        bank_id = _digest(self.theta, self.x)[:16]
         manifest = {"format": _FORMAT, "schema": SCHEMA_VERSION, "names": list(self.names),
                     "num_simulations": len(self), "chunk_size": max(len(self), 1), "num_chunks": 1,
-                    "x_shape": list(self.x_shape), "on_invalid": "keep", "meta": self.meta}
-        _write_chunk(path, 0, np.arange(len(self)), self.theta, self.x)
-        _atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+                    "x_shape": list(self.x_shape), "on_invalid": "keep", "bank_id": bank_id, "meta": self.meta}
+        _write_chunk(path, 0, np.arange(len(self)), self.theta, self.x, bank_id)
+        bio.atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         return path
 
     @classmethod
@@ -226,18 +226,37 @@ class Bank:
         data = _load_npz(path)
         if "header" not in data:
             raise ValueError(f"path: {path} is an .npz without a bmsbi header")
-        header = json.loads(str(data["header"]))
+        header = _parse_json(str(data["header"]), f"{path} (its header)")
         _check_schema(header, path)
+        missing = [k for k in ("theta", "x") if k not in data]
+        if missing:
+            raise ValueError(f"path: {path} lacks the arrays {missing}; it is not a complete bmsbi bank")
         theta, x = data["theta"], data["x"]
         if _digest(theta, x) != header.get("checksum"):
             raise ValueError(f"path: {path} failed its checksum; the file is corrupted or was altered")
-        return cls(theta, x, header["names"], header.get("meta"))
+        try:
+            return cls(theta, x, header.get("names"), header.get("meta"))
+        except ValueError as exc:
+            raise ValueError(f"path: {path} holds an inconsistent bank ({exc})") from None
+
+
+def _parse_json(text: str, where) -> dict:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"path: {where} is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"path: {where} is not a JSON object (got a {type(obj).__name__})")
+    return obj
 
 
 def _check_schema(header: Mapping, path) -> None:
     if header.get("format") != _FORMAT:
         raise ValueError(f"path: {path} is not a bmsbi bank (format {header.get('format')!r})")
-    if int(header.get("schema", -1)) > SCHEMA_VERSION:
+    schema = header.get("schema")
+    if isinstance(schema, bool) or not isinstance(schema, int):
+        raise ValueError(f"path: {path} has no integer bank schema (got {schema!r}); the file is damaged")
+    if schema > SCHEMA_VERSION:
         raise ValueError(
             f"path: {path} has bank schema {header.get('schema')}, newer than this bmsbi "
             f"understands ({SCHEMA_VERSION}); upgrade bmsbi")
@@ -251,21 +270,64 @@ def _chunk_path(folder: Path, c: int) -> Path:
     return folder / f"chunk-{c:06d}.npz"
 
 
-def _write_chunk(folder: Path, c: int, index, theta, x) -> None:
+def _write_chunk(folder: Path, c: int, index, theta, x, bank_id: str) -> None:
     index, theta, x = np.asarray(index), np.asarray(theta), np.asarray(x)
     checksum = np.array(_digest(index, theta, x))
-    _atomic_write(_chunk_path(folder, c),
-                  lambda f: np.savez(f, index=index, theta=theta, x=x, checksum=checksum))
+    # simulate_bank sweeps the folder's leftovers once, not one listing per chunk.
+    bio.atomic_write(_chunk_path(folder, c), lambda f: np.savez(
+        f, index=index, theta=theta, x=x, checksum=checksum, bank_id=np.array(bank_id)), clean=False)
 
 
-def _read_chunk(folder: Path, c: int) -> dict | None:
+def _present_chunks(folder: Path) -> set[int]:
+    """Numbers of the chunk files in ``folder`` (one directory listing, whatever the budget)."""
+    return {int(m.group(1)) for p in folder.glob("chunk-*.npz")
+            if (m := re.fullmatch(r"chunk-(\d+)\.npz", p.name))}
+
+
+def _read_chunk(folder: Path, c: int, manifest: Mapping) -> dict | None:
+    """Chunk ``c``, checked against its checksum and its place in the bank; ``None`` if absent."""
     p = _chunk_path(folder, c)
     if not p.exists():
         return None
     data = _load_npz(p)
-    if _digest(data["index"], data["theta"], data["x"]) != str(data.get("checksum")):
+    missing = [k for k in ("index", "theta", "x", "checksum") if k not in data]
+    if missing:
+        raise ValueError(f"path: chunk {p} lacks {missing}; delete it and resume to simulate it again")
+    if _digest(data["index"], data["theta"], data["x"]) != str(data["checksum"]):
         raise ValueError(f"path: chunk {p} failed its checksum; delete it and resume to simulate it again")
+    cs, n = manifest["chunk_size"], manifest["num_simulations"]
+    expected = np.arange(c * cs, min((c + 1) * cs, n))
+    index = data["index"]
+    if index.shape != expected.shape or not np.array_equal(index, expected):
+        got = f"{index[0]}..{index[-1]}" if index.ndim == 1 and index.size else f"shape {index.shape}"
+        raise ValueError(
+            f"path: chunk {p} holds simulations {got}, but chunk {c} of this bank holds "
+            f"{expected[0]}..{expected[-1]}: it is a copy of another chunk, a renamed one or from another "
+            "bank; delete it and resume to simulate it again")
+    if "bank_id" in data and "bank_id" in manifest and str(data["bank_id"]) != manifest["bank_id"]:
+        raise ValueError(f"path: chunk {p} belongs to another bank (bank_id {str(data['bank_id'])!r}, this "
+                         f"bank's is {manifest['bank_id']!r}); delete it and resume to simulate it again")
+    x_shape = tuple(manifest["x_shape"])
+    if data["theta"].shape != (len(expected), len(manifest["names"])) or \
+            data["x"].shape != (len(expected), *x_shape):
+        raise ValueError(f"path: chunk {p} holds theta {data['theta'].shape} and x {data['x'].shape}, expected "
+                         f"{(len(expected), len(manifest['names']))} and {(len(expected), *x_shape)}; delete "
+                         "it and resume to simulate it again")
     return data
+
+
+# Manifest keys and their checks; a manifest failing one is refused with the key's name.
+_MANIFEST_KEYS = {
+    "names": lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+    "num_simulations": lambda v: _is_int(v) and v >= 1,
+    "chunk_size": lambda v: _is_int(v) and v >= 1,
+    "num_chunks": lambda v: _is_int(v) and v >= 1,
+    "x_shape": lambda v: isinstance(v, list) and all(_is_int(s) and s >= 0 for s in v),
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -273,10 +335,25 @@ def _read_manifest(folder: Path) -> dict | None:
     if not p.exists():
         return None
     try:
-        manifest = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"path: {p} is not valid JSON ({exc})") from None
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"path: cannot read {p} ({exc})") from None
+    manifest = _parse_json(text, p)
     _check_schema(manifest, p)
+    for k, ok in _MANIFEST_KEYS.items():
+        if k not in manifest:
+            raise ValueError(f"path: {p} lacks {k!r}; the manifest is damaged")
+        if not ok(manifest[k]):
+            raise ValueError(f"path: {p} holds an invalid {k!r} ({manifest[k]!r}); the manifest is damaged")
+    if manifest["num_chunks"] != math.ceil(manifest["num_simulations"] / manifest["chunk_size"]):
+        raise ValueError(f"path: {p} holds num_chunks {manifest['num_chunks']}, but {manifest['num_simulations']} "
+                         f"simulations in chunks of {manifest['chunk_size']} make "
+                         f"{math.ceil(manifest['num_simulations'] / manifest['chunk_size'])}; the manifest is damaged")
+    for k, kind in (("fingerprint", dict), ("meta", dict)):
+        if manifest.get(k) is not None and not isinstance(manifest[k], kind):
+            raise ValueError(f"path: {p} holds a {k!r} that is not a JSON object; the manifest is damaged")
+    if manifest.get("on_invalid", "keep") not in _ON_INVALID:
+        raise ValueError(f"path: {p} holds an invalid 'on_invalid' ({manifest['on_invalid']!r}); the manifest is damaged")
     return manifest
 
 
@@ -290,8 +367,15 @@ def _apply_policy(theta, x, index, on_invalid):
 
 
 def _assemble(folder: Path, manifest: Mapping) -> Bank:
-    n, nc = int(manifest["num_simulations"]), int(manifest["num_chunks"])
-    chunks = [_read_chunk(folder, c) for c in range(nc)]
+    n, nc = manifest["num_simulations"], manifest["num_chunks"]
+    present = _present_chunks(folder)
+    have = sum(1 for c in present if c < nc)
+    if have < nc:  # the first missing ones lie among the first len(present) + 5: no list as long as the budget
+        missing = [c for c in range(min(nc, len(present) + 5)) if c not in present][:5]
+        raise ValueError(
+            f"path: bank at {folder} is incomplete: {nc - have} of {nc} chunks are missing "
+            f"(first: {missing}); call simulate_bank again with the same arguments to resume")
+    chunks = [_read_chunk(folder, c, manifest) for c in range(nc)]
     missing = [c for c, ch in enumerate(chunks) if ch is None]
     if missing:
         raise ValueError(
@@ -302,11 +386,14 @@ def _assemble(folder: Path, manifest: Mapping) -> Bank:
     x = np.concatenate([c["x"] for c in chunks])[:n]
     theta, x, invalid = _apply_policy(theta, x, index, manifest.get("on_invalid", "keep"))
     meta = dict(manifest.get("meta") or {})
-    if "fingerprint" in manifest:
+    if isinstance(manifest.get("fingerprint"), dict):
         meta.update(num_simulations=n, num_invalid=len(invalid), invalid_indices=invalid,
-                    on_invalid=manifest["on_invalid"], chunk_size=manifest["chunk_size"],
+                    on_invalid=manifest.get("on_invalid", "keep"), chunk_size=manifest["chunk_size"],
                     simulator=manifest["fingerprint"].get("simulator"))
-    return Bank(theta, x, manifest["names"], meta)
+    try:
+        return Bank(theta, x, manifest["names"], meta)
+    except ValueError as exc:
+        raise ValueError(f"path: bank at {folder} is inconsistent ({exc})") from None
 
 
 # --------------------------------------------------------------------- simulate
@@ -380,16 +467,29 @@ def _theta_fn(prior: Prior):
         lambda i, k: prior.sample(jax.random.fold_in(k, i), 1)[0], in_axes=(0, None))))
 
 
+# Primitives that run code no jaxpr shows: a digest of the trace cannot vouch for them.
+_OPAQUE = re.compile(r"\b(pure_callback|io_callback|ffi_call)\[")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+
+
 def _probe(sim_fn, d: int, k_sim):
-    """Output shape and dtype of the simulator, traced once (per ``d``) without running it."""
+    """``(x_shape, dtype, code, opaque)`` of the simulator, traced once (per ``d``) without running it.
+
+    ``code`` digests what it computes: its jaxpr text (object addresses masked), its
+    constants and the values of the brainstate states it reads (not random states);
+    ``opaque`` says the trace calls code it does not show (host callbacks, FFI).
+    """
     import brainstate
 
     _, mapped, probes = sim_fn
     if d in probes:
         return probes[d]
     try:
-        x_struct = brainstate.transform.eval_shape(
-            mapped, jax.ShapeDtypeStruct((1, d), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32), k_sim)
+        # Brainstate's global random state enters the trace; its value's type (a raw or a
+        # typed key) depends on what ran before, so fix it for a digest that every process shares.
+        with brainstate.random.seed_context(jax.random.key(0)):
+            closed, states, x_struct = brainstate.transform.make_jaxpr(mapped, return_shape=True)(
+                jax.ShapeDtypeStruct((1, d), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32), k_sim)
     except Exception as exc:
         raise ValueError(
             f"simulator: calling simulator(theta (d={d},), key) failed while tracing: "
@@ -399,8 +499,23 @@ def _probe(sim_fn, d: int, k_sim):
     if not jnp.issubdtype(x_struct.dtype, jnp.floating):
         raise ValueError(f"simulator: expected a floating-point output, got dtype {x_struct.dtype}; "
                          "cast it, e.g. x.astype(jnp.float32)")
-    probes[d] = (tuple(x_struct.shape[1:]), x_struct.dtype)
+    text = str(closed.jaxpr)
+    h = hashlib.sha256(_ADDRESS.sub("0x", text).encode())
+    values = list(closed.consts) + [st.value for st in states if not isinstance(st, brainstate.random.RandomState)]
+    for leaf in jax.tree.leaves(values):
+        h.update(_leaf_digest(leaf).encode())
+    probes[d] = (tuple(x_struct.shape[1:]), x_struct.dtype, h.hexdigest(), bool(_OPAQUE.search(text)))
     return probes[d]
+
+
+def _leaf_digest(leaf) -> str:
+    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    try:
+        arr = np.asarray(leaf)
+    except Exception:  # not an array: its text, addresses masked
+        return _ADDRESS.sub("0x", repr(leaf))
+    return _ADDRESS.sub("0x", repr(leaf)) if arr.dtype == object else _digest(arr)
 
 
 def _local_sharding():
@@ -446,7 +561,7 @@ def simulate_at(simulator: Callable, theta, *, key, chunk_size: int | None = Non
     k_sim = as_key(key)
     sim_fn = _build_sim_fn(simulator)
     fn = sim_fn[0]
-    x_shape, dtype = _probe(sim_fn, theta.shape[1], k_sim)
+    x_shape, dtype = _probe(sim_fn, theta.shape[1], k_sim)[:2]
     sharding, n_dev = _local_sharding()
     n = theta.shape[0]
     cs = _resolve_chunk_size(chunk_size, n, int(np.prod(x_shape, dtype=np.int64)) * dtype.itemsize, n_dev)
@@ -463,6 +578,105 @@ def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev):
         chunk_size = max(1, min(n, _CHUNK_BYTES // max(bytes_per_sim, 1)))
     chunk_size = min(int(chunk_size), n)
     return int(math.ceil(chunk_size / n_dev) * n_dev)
+
+
+def _bank_folder(path) -> Path | None:
+    """``path`` as a bank folder, refused early when it cannot be one."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path: expected a folder path (str or Path), got {type(path).__name__}")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"path: {folder} is a file, expected a bank folder (for a one-file bank, "
+                         "simulate without path and call bank.save('name.npz'))")
+    parent = next(p for p in folder.parents if p.exists())
+    if not parent.is_dir():
+        raise ValueError(f"path: cannot create the bank folder {folder}: {parent} is a file, not a folder")
+    return folder
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory this process can still take (the cgroup limit counts), or None if unknown."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            pass
+    try:  # a container's limit; its page cache ("file") can be reclaimed, so it counts as free
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+            free = int(limit) - int((cgroup / "memory.current").read_text()) + int(stat.get("file", 0))
+            avail = free if avail is None else min(avail, free)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(nbytes) < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+
+
+def _check_budget(n: int, rows: int, row_bytes: int, folder: Path | None) -> None:
+    """Refuse a budget whose bank cannot fit in memory (it is returned) or on disk (``path``)."""
+    need = rows * row_bytes
+    avail = _available_memory()
+    if avail is not None and need > avail:
+        raise ValueError(
+            f"num_simulations: {n} simulations need about {_size(need)} of memory to return the bank, "
+            f"but {_size(avail)} is available; simulate fewer (several banks with different keys "
+            "can be concatenated)")
+    if folder is not None:
+        stored = sum(p.stat().st_size for p in folder.glob("chunk-*.npz")) if folder.is_dir() else 0
+        free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+        if need - stored > free:
+            raise ValueError(
+                f"num_simulations: {n} simulations need about {_size(need - stored)} more on disk at "
+                f"path {folder}, but {_size(free)} is free; simulate fewer or choose another path")
+
+
+def _resume_doubt(old: Mapping, fingerprint: Mapping, folder: Path, opaque: bool) -> str:
+    """Why a stored chunk must be simulated again before resuming (empty: no need); refuses other arguments."""
+    stored = old.get("fingerprint")
+    if not isinstance(stored, dict):
+        raise ValueError(f"path: {folder} holds a bank written by Bank.save, which simulate_bank cannot "
+                         "resume; use a new path")
+    diff = sorted(k for k in set(fingerprint) | set(stored) if fingerprint.get(k) != stored.get(k))
+    others = [k for k in diff if k != "simulator_code"]  # a new shape or prior changes the trace too
+    if others:
+        raise ValueError(
+            f"path: {folder} holds a bank made with other arguments (differs in {others}); "
+            "use a new path, or the original arguments to resume")
+    if "simulator_code" not in stored:
+        return "the bank predates simulator fingerprints"
+    if diff:
+        return "the simulator's trace differs from the one that began the bank"
+    if opaque:
+        return "the simulator calls code its trace does not show (a host callback or FFI)"
+    return ""
+
+
+def _check_same_simulator(fn, folder: Path, c: int, manifest: Mapping, theta_fn, keys, sharding, why: str):
+    """Simulate stored chunk ``c`` again; refuse to resume when it differs from what is stored."""
+    data = _read_chunk(folder, c, manifest)
+    cs = manifest["chunk_size"]
+    idx = np.arange(c * cs, (c + 1) * cs, dtype=np.int32)
+    theta = np.asarray(theta_fn(idx, keys[0]))
+    x = _run_chunk(fn, theta, idx, keys[1], sharding, tuple(manifest["x_shape"]))[:len(data["x"])]
+    if not np.allclose(x, data["x"], rtol=1e-5, atol=1e-6, equal_nan=True):
+        raise ValueError(
+            f"simulator: computes other values than the simulator that made the bank at path {folder} "
+            f"(chunk {c} simulated again differs; checked because {why}); use a new path, or the original "
+            "simulator to resume")
 
 
 def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chunk_size: int | None = None,
@@ -492,7 +706,11 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     path : str or Path, optional
         Bank folder. Each finished chunk is written atomically; calling again with the
         same arguments resumes after a crash or kill and yields exactly the uninterrupted
-        bank. A folder holding a bank made with other arguments is refused. Under
+        bank. A folder holding a bank made with other arguments — or by a simulator that
+        computes something else (see the module docstring: the fingerprint digests the
+        simulator's trace) — is refused. Missing parent folders are created; a file at
+        ``path`` is refused. A folder written by an older bmsbi (no simulator digest)
+        still loads, and resumes once one stored chunk, simulated again, matches. Under
         ``jax.distributed`` each process simulates and writes its own chunks into the
         shared folder; :meth:`Bank.load` merges them.
     progress : bool
@@ -511,6 +729,13 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         ``(n, K, *x_shape)`` and ``bank.meta["trials"] == K``. A simulation counts as
         invalid when any of its trials is. Estimators read the second axis as trials
         (:class:`bmsbi.Trials`); chunking and resuming work as without.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, each naming the argument; ``num_simulations`` whose bank cannot
+        fit in the available memory (it is returned) or, with ``path``, on the disk
+        (checked before simulating); a simulator returning a scalar per simulation.
 
     Returns
     -------
@@ -547,11 +772,16 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         json.dumps(user_meta, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"meta: expected JSON-serialisable metadata ({exc})") from None
+    folder = _bank_folder(path)
     key = as_key(key)
     k_theta, k_sim = jax.random.split(key)
     sim_fn = _build_sim_fn(simulator, trials)
     fn = sim_fn[0]
-    x_shape, x_dtype = _probe(sim_fn, prior.dim, k_sim)
+    x_shape, x_dtype, code, opaque = _probe(sim_fn, prior.dim, k_sim)
+    if x_shape[0 if trials is None else 1:] == ():
+        raise ValueError(
+            "simulator: returns a scalar (shape ()) per simulation; estimators need a vector of "
+            "features: return jnp.atleast_1d(x) (shape (1,))")
     # theta_i depends on (key, i) only: identical for any chunking or device count.
     theta_fn = _theta_fn(prior)
 
@@ -560,12 +790,13 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     cs = _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev)
     n_chunks = math.ceil(n / cs)
     proc, n_proc = jax.process_index(), jax.process_count()
-    mine = [c for c in range(n_chunks) if c % n_proc == proc]
+    mine = range(proc, n_chunks, n_proc)  # lazy: nothing as long as the budget is built
+    # Bytes per simulation held (and stored): x, theta (float32) and its index (int32).
+    _check_budget(n, min(n, len(mine) * cs), bytes_per_sim + 4 * prior.dim + 4, folder)
 
-    folder = Path(path) if path is not None else None
-    fingerprint = {"simulator": _simulator_name(simulator), "num_simulations": n, "chunk_size": cs,
-                   "key": np.asarray(jax.random.key_data(key)).tolist(), "on_invalid": on_invalid,
-                   "x_shape": list(x_shape), "x_dtype": str(x_dtype)}
+    fingerprint = {"simulator": _simulator_name(simulator), "simulator_code": code, "num_simulations": n,
+                   "chunk_size": cs, "key": np.asarray(jax.random.key_data(key)).tolist(),
+                   "on_invalid": on_invalid, "x_shape": list(x_shape), "x_dtype": str(x_dtype)}
     if trials is not None:
         fingerprint["trials"] = trials
     try:
@@ -574,19 +805,22 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         fingerprint["prior"] = repr(prior)
     manifest = {"format": _FORMAT, "schema": SCHEMA_VERSION, "names": list(prior.names),
                 "num_simulations": n, "chunk_size": cs, "num_chunks": n_chunks, "x_shape": list(x_shape),
-                "on_invalid": on_invalid, "fingerprint": fingerprint, "meta": user_meta}
+                "on_invalid": on_invalid, "fingerprint": fingerprint,
+                "bank_id": hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16],
+                "meta": user_meta}
     if folder is not None:
         old = _read_manifest(folder) if folder.is_dir() else None
-        if old is not None and old.get("fingerprint") != fingerprint:
-            diff = sorted(k for k in set(fingerprint) | set(old.get("fingerprint", {}))
-                          if fingerprint.get(k) != old.get("fingerprint", {}).get(k))
-            raise ValueError(
-                f"path: {folder} holds a bank made with other arguments (differs in {diff}); "
-                "use a new path, or the original arguments to resume")
-        if folder.exists() and old is None and any(folder.iterdir()):
+        if old is not None:
+            why = _resume_doubt(old, fingerprint, folder, opaque)
+            manifest["bank_id"] = old.get("bank_id", manifest["bank_id"])  # its chunks carry the old id
+            if why:
+                first = min((c for c in _present_chunks(folder) if c < n_chunks and c % n_proc == proc), default=None)
+                if first is not None:
+                    _check_same_simulator(fn, folder, first, manifest, theta_fn, (k_theta, k_sim), sharding, why)
+        elif folder.exists() and any(folder.iterdir()):
             raise ValueError(f"path: {folder} exists, is not empty and holds no bmsbi bank; choose a new folder")
-        if (old is None or old.get("meta") != user_meta) and proc == 0:
-            _atomic_write(folder / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        if old != manifest and proc == 0:
+            bio.atomic_write(folder / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
     bar = None
     if progress:
@@ -595,15 +829,13 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
                    dynamic_ncols=True)
     results, n_invalid, t0 = {}, 0, time.perf_counter()
     if folder is not None:
-        # A run killed while writing leaves its temporary file; only this process writes
-        # these chunks, so their leftovers are safe to remove.
-        for c in mine:
-            for stale in folder.glob(f".{_chunk_path(folder, c).name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+        # A run killed while writing leaves its temporary files; live writers (other
+        # processes of a jax.distributed run) hold a lock on theirs, so these stay.
+        bio.remove_stale_temporaries(folder, ".chunk-*.npz.*.tmp")
     try:
         for c in mine:
             count = min(cs, n - c * cs)
-            data = _read_chunk(folder, c) if folder is not None else None
+            data = _read_chunk(folder, c, manifest) if folder is not None else None
             if data is None:
                 # Pad the last chunk to the compiled shape; the padding is simulated and discarded.
                 idx = np.arange(c * cs, (c + 1) * cs, dtype=np.int32)
@@ -616,7 +848,7 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
                         f"simulator: {bad.size} simulations returned NaN/inf (first indices {bad[:5].tolist()}, "
                         f"theta {theta[~_finite_rows(x)][:2].tolist()}); pass on_invalid='drop' or 'keep' to continue")
                 if folder is not None:
-                    _write_chunk(folder, c, idx, theta, x)
+                    _write_chunk(folder, c, idx, theta, x, manifest["bank_id"])
                 data = {"index": idx, "theta": theta, "x": x}
             results[c] = data
             n_invalid += int((~_finite_rows(data["x"])).sum())
@@ -627,9 +859,9 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         if bar is not None:
             bar.close()
 
-    index = np.concatenate([results[c]["index"] for c in mine]) if mine else np.zeros(0, np.int32)
-    theta = np.concatenate([results[c]["theta"] for c in mine]) if mine else np.zeros((0, prior.dim), np.float32)
-    x = np.concatenate([results[c]["x"] for c in mine]) if mine else np.zeros((0, *x_shape), x_dtype)
+    index = np.concatenate([results[c]["index"] for c in mine]) if results else np.zeros(0, np.int32)
+    theta = np.concatenate([results[c]["theta"] for c in mine]) if results else np.zeros((0, prior.dim), np.float32)
+    x = np.concatenate([results[c]["x"] for c in mine]) if results else np.zeros((0, *x_shape), x_dtype)
     theta, x, invalid = _apply_policy(theta, x, index, on_invalid)
     meta = {**user_meta, "num_simulations": n, "num_invalid": len(invalid), "invalid_indices": invalid,
             "on_invalid": on_invalid, "chunk_size": cs, "simulator": fingerprint["simulator"],

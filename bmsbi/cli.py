@@ -117,6 +117,9 @@ def _key(seed: int):
 def cmd_simulate(args) -> None:
     task = _task(args.task)
     out = _writable(args.out, "--out", folder=Path(args.out).suffix != ".npz")
+    if out.suffix == ".npz" and out.exists() and not args.force:
+        raise CLIError(f"--out: {out} exists; pass --force to overwrite it, or choose another name "
+                       "(a bank folder resumes instead)")
     bank = task.bank(args.num_simulations, _key(args.seed), chunk_size=args.chunk_size,
                      path=None if out.suffix == ".npz" else out, progress=not args.quiet,
                      on_invalid=args.on_invalid, trials=args.trials)
@@ -511,7 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "task, so `bmsbi train` and `bmsbi diagnose` find it again.")
     s.add_argument("task", help=f"task name (see `bmsbi tasks`) or {_REF_HELP}")
     s.add_argument("-n", "--num-simulations", type=int, required=True)
-    s.add_argument("--out", required=True, help="bank folder (resumable) or .npz file")
+    s.add_argument("--out", required=True,
+                   help="bank folder (resumable: the same arguments resume it, other arguments are refused) "
+                        "or .npz file (an existing one is refused unless --force)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing .npz --out")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--chunk-size", type=int, default=None)
     s.add_argument("--trials", type=int, default=None,

@@ -15,6 +15,19 @@ missing byte is refused), the kind, the schema version (a newer one asks to upgr
 bmsbi). Writes go to a temporary file that is renamed into place, so a killed writer
 never leaves a half-written file under the final name.
 
+Every file bmsbi writes (posteriors, banks, bank chunks and manifests) goes through
+:func:`atomic_write`, with one policy:
+
+- **Permissions**: the usual ``0o666`` less the process umask (``0644`` under the
+  common umask ``022``), like any file a program creates; tighten the umask to keep
+  files private.
+- **Leftovers**: the temporary file of a killed writer, ``.<name>.<random>.tmp`` next
+  to ``<name>``, is removed by the next write of that path (or, for a bank folder, of
+  that folder), never while its writer is alive: a writer holds a lock on it.
+- **Bad paths**: a folder where a file is expected, a parent that is a file, or a
+  place that cannot be written is a ``ValueError`` naming ``path``; so is reading a
+  missing file or a folder.
+
 Examples
 --------
 >>> import numpy as np, tempfile, os
@@ -29,16 +42,25 @@ array([0., 1., 2.])
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
 import struct
 import tempfile
+from pathlib import Path
+from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; leftovers are only removed when old
+    fcntl = None
 
 import numpy as np
 
-__all__ = ["write_file", "read_file", "pack_arrays", "unpack_arrays", "CONTAINER_VERSION"]
+__all__ = ["write_file", "read_file", "pack_arrays", "unpack_arrays", "atomic_write",
+           "remove_stale_temporaries", "CONTAINER_VERSION"]
 
 CONTAINER_VERSION = 1
 _MAGIC_PREFIX = b"BMSBI"
@@ -47,6 +69,8 @@ _MAGIC = _MAGIC_PREFIX + bytes([CONTAINER_VERSION]) + _MAGIC_SUFFIX
 _LEN = struct.Struct("<Q")
 _DIGEST = 32
 _MAX_HEADER = 1 << 30
+# Without locks (Windows), a temporary file this old is taken to be a dead writer's.
+_STALE_SECONDS = 24 * 3600
 _DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
            "float16", "float32", "float64", "complex64", "complex128"}
 
@@ -94,19 +118,96 @@ def write_file(path, *, kind: str, schema_version: int, header: dict, payload: b
     body = _MAGIC + _LEN.pack(len(head)) + head + payload
     data = body + hashlib.sha256(body).digest()
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    atomic_write(path, lambda fh: fh.write(data))
+    return os.fspath(path)
+
+
+def remove_stale_temporaries(folder, pattern: str = ".*.tmp") -> int:
+    """Remove temporary files of killed writers matching ``pattern`` in ``folder``; returns how many.
+
+    A live writer holds an exclusive lock on its temporary file, so only files whose
+    writer died are removed (where locks are unavailable: files older than a day).
+    """
+    removed = 0
+    for tmp in Path(folder).glob(pattern):
+        try:
+            if _remove_if_dead(tmp):
+                removed += 1
+        except OSError:  # vanished meanwhile, or a read-only folder: leave it
+            pass
+    return removed
+
+
+def _remove_if_dead(tmp: Path) -> bool:
+    if fcntl is None:
+        import time
+
+        if time.time() - tmp.stat().st_mtime < _STALE_SECONDS:
+            return False
+        tmp.unlink()
+        return True
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer holds it
+            return False
+        tmp.unlink()
+        return True
+    finally:
+        os.close(fd)
+
+
+def _path_error(path: Path, exc: OSError) -> ValueError:
+    return ValueError(f"path: cannot write {str(path)!r} ({exc.strerror or exc}); choose a writable location")
+
+
+def atomic_write(path, write: Callable, *, clean: bool = True) -> Path:
+    """Call ``write(fh)`` on a temporary file next to ``path``, then rename it to ``path``.
+
+    Readers never see half a file; a killed writer leaves only ``.<name>.<random>.tmp``,
+    which the next write of ``path`` removes (``clean=False`` leaves that to the caller,
+    e.g. one sweep of a bank folder instead of one listing per chunk). The file gets ``0o666`` less the umask.
+    Missing parent folders are created. A folder at ``path``, a parent that is a file
+    or an unwritable place is a ``ValueError`` naming ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path: {str(path)!r} is a folder, expected a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"path: cannot write {str(path)!r}: a parent of it is a file, not a folder") from None
+    except OSError as exc:
+        raise _path_error(path, exc) from None
+    if clean:
+        remove_stale_temporaries(path.parent, f".{glob.escape(path.name)}.*.tmp")
+    while True:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise _path_error(path, exc) from None
+        if fcntl is None:
+            break
+        fcntl.flock(fd, fcntl.LOCK_EX)  # tells remove_stale_temporaries this writer is alive
+        if os.fstat(fd).st_nlink:
+            break
+        os.close(fd)  # removed as stale between its creation and the lock: make another
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+            # mkstemp creates 0600 files; give the usual umask-respecting permissions.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)  # still under the lock
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, PermissionError):
+            raise _path_error(path, exc) from None
         raise
     return path
 
@@ -125,13 +226,20 @@ def read_file(path, *, kind: str | None = None, schema_version: int | None = Non
     Raises
     ------
     ValueError
-        Not a bmsbi file, truncated, altered (checksum mismatch), wrong kind, or
+        Missing, a folder, unreadable, not a bmsbi file, truncated, altered (checksum mismatch), wrong kind, or
         written by a newer bmsbi.
     """
     path = os.fspath(path)
-    with open(path, "rb") as fh:
-        data = fh.read()
     where = f"{path!r}"
+    if os.path.isdir(path):
+        raise ValueError(f"path: {where} is a folder, expected a file")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise ValueError(f"path: no such file: {where}") from None
+    except OSError as exc:
+        raise ValueError(f"path: cannot read {where} ({exc.strerror or exc})") from None
     if len(data) < len(_MAGIC) or not data.startswith(_MAGIC_PREFIX):
         raise ValueError(f"path: {where} is not a bmsbi file (missing the BMSBI signature)")
     container = data[len(_MAGIC_PREFIX)]

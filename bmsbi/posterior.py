@@ -926,7 +926,13 @@ class Posterior:
 
     # ---------------------------------------------------------------------- files
     def save(self, path) -> str:
-        """Write the posterior to ``path`` (safe format, see the module docstring)."""
+        """Write the posterior to ``path`` (safe format, see the module docstring).
+
+        Written atomically with the permissions of :mod:`bmsbi.io` (``0o666`` less the
+        umask); a folder or an unwritable place is a ``ValueError`` naming ``path``.
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"path: expected a file path, got {type(path).__name__}")
         entries, payload = self._payload()
         header = {"posterior_class": type(self).__name__, "prior": self.prior.to_dict(),
                   "names": list(self.names), "x_shape": list(self.x_shape),
@@ -1165,8 +1171,9 @@ def load_posterior(path) -> Posterior:
     Raises
     ------
     ValueError
-        The file is not a bmsbi posterior, is truncated or altered (checksum), or was
-        written by a newer bmsbi (upgrade bmsbi to read it).
+        ``path`` is missing or a folder, the file is not a bmsbi posterior, is truncated
+        or altered (checksum), holds no valid prior, or was written by a newer bmsbi
+        (upgrade bmsbi to read it).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path: expected a file path, got {type(path).__name__}")
@@ -1175,7 +1182,13 @@ def load_posterior(path) -> Posterior:
     if name not in _POSTERIOR_TYPES:
         raise ValueError(f"path: unknown posterior class {name!r}; known: {sorted(_POSTERIOR_TYPES)} "
                          "(import the module that registers it first)")
-    prior = Prior.from_dict(header.get("prior"))
+    if not isinstance(header.get("prior"), dict):
+        raise ValueError(f"path: {os.fspath(path)!r} holds no prior (got {type(header.get('prior')).__name__}); "
+                         "the file is damaged or was not written by Posterior.save")
+    try:
+        prior = Prior.from_dict(header["prior"])
+    except ValueError as err:
+        raise ValueError(f"path: {os.fspath(path)!r} holds an invalid prior ({err})") from None
     history = None if header.get("history") is None else History.from_dict(header["history"])
     data = header.get("data")
     if data is None:  # schema version 1: weights only
