@@ -31,3 +31,36 @@ def check_positive_int(value, arg: str, *, allow_none: bool = False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{arg}: expected a positive int, got {value!r}")
     return int(value)
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+        and bool(np.isfinite(value))
+
+
+def check_training_settings(obj) -> None:
+    """The engine settings an estimator holds (those of its fields that exist), checked once.
+
+    ``learning_rate > 0``; ``0 <= validation_fraction < 1``; ``clip_norm`` ``None`` or
+    ``> 0``; ``weight_decay >= 0``; ``patience`` ``None`` or a positive int; ``ema_decay``
+    ``None`` or in ``(0, 1)``; ``tail_bound > 0``. ``ValueError`` naming the field otherwise.
+    """
+    rules = {
+        "learning_rate": ("a finite float > 0", lambda v: _real(v) and v > 0),
+        "validation_fraction": ("a float in [0, 1)", lambda v: _real(v) and 0 <= v < 1),
+        "clip_norm": ("None or a finite float > 0", lambda v: v is None or (_real(v) and v > 0)),
+        "weight_decay": ("a finite float >= 0", lambda v: _real(v) and v >= 0),
+        "patience": ("None or a positive int", lambda v: v is None or (
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1)),
+        "ema_decay": ("None or a float in (0, 1)", lambda v: v is None or (_real(v) and 0 < v < 1)),
+        "tail_bound": ("a finite float > 0", lambda v: _real(v) and v > 0),
+    }
+    for name, (expected, ok) in rules.items():
+        if hasattr(obj, name) and not ok(getattr(obj, name)):
+            raise ValueError(f"{name}: expected {expected}, got {getattr(obj, name)!r}")
+
+
+def check_positive_fields(obj, names) -> None:
+    """Each ``getattr(obj, name)`` a positive int (``ValueError`` naming the field otherwise)."""
+    for name in names:
+        check_positive_int(getattr(obj, name), name)

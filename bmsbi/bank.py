@@ -101,8 +101,7 @@ class Bank:
     """
 
     def __init__(self, theta, x, names: Sequence[str] | None = None, meta: Mapping | None = None):
-        theta = np.asarray(theta)
-        x = np.asarray(x)
+        theta, x = _as_array(theta, "theta", "(n, d)"), _as_array(x, "x", "(n, *x_shape)")
         if theta.ndim != 2:
             raise ValueError(f"theta: expected shape (n, d), got {theta.shape}")
         if x.ndim < 1 or x.shape[0] != theta.shape[0]:
@@ -248,6 +247,15 @@ def _parse_json(text: str, where) -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"path: {where} is not a JSON object (got a {type(obj).__name__})")
     return obj
+
+
+def _as_array(value, arg: str, shape: str) -> np.ndarray:
+    """``value`` as a numpy array; ragged or non-numeric input is a ``ValueError`` naming ``arg``."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{arg}: expected an array of shape {shape}, got {type(value).__name__} "
+                         f"that numpy cannot stack ({err})") from None
 
 
 def _check_schema(header: Mapping, path) -> None:

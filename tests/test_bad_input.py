@@ -335,10 +335,11 @@ def _plausible(field, value) -> bool:
     """Would a fit be able to use this accepted setting?"""
     if field in _INT_FIELDS:
         return (value is None and field in ("max_epochs", "patience")) or (
-            isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= (0 if field == "patience" else 1))
+            isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1)
     if field in _FLOAT_FIELDS:
         lo, hi = _FLOAT_FIELDS[field]
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi and \
+            (value > 0 if field in ("learning_rate", "tail_bound") else value < 1 if field == "validation_fraction" else True)
     if field == "embedding":
         return value is None or isinstance(value, bmsbi.embeddings.Embedding)
     return isinstance(value, str)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import paramax
 
+from .._checks import check_positive_fields, check_training_settings
 from .mcmc_posterior import MCMCPosterior, UnnormalisedEstimator, fit_unnormalised
 from .npe import build_flow, linear_gaussian_init
 
@@ -35,13 +36,6 @@ class LikelihoodModel(eqx.Module):
 
     def log_ratio(self, s_theta, x_std):
         return self.flow.log_prob(x_std.reshape(-1), condition=s_theta)
-
-
-def _check_positive(obj, names):
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -107,7 +101,8 @@ class NLE(UnnormalisedEstimator):
         if self.density_estimator not in ("nsf", "maf", "maf_rqs"):
             raise ValueError(f"density_estimator: expected 'nsf', 'maf' or 'maf_rqs', got "
                              f"{self.density_estimator!r}")
-        _check_positive(self, ("hidden", "num_layers", "num_bins", "nn_depth", "batch_size",
+        check_training_settings(self)
+        check_positive_fields(self, ("hidden", "num_layers", "num_bins", "nn_depth", "batch_size",
                                "max_epochs", "num_chains", "num_warmup", "thin"))
 
     def config(self) -> dict:

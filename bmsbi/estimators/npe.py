@@ -41,7 +41,7 @@ from flowjax.distributions import StandardNormal, Transformed
 from flowjax.flows import masked_autoregressive_flow
 
 from .. import engine
-from .._checks import as_key
+from .._checks import as_key, check_training_settings
 from ..embeddings import Embedding, TrialEmbedding, embedding_from_config
 from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identity_mask
 
@@ -537,8 +537,7 @@ class NPE:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if not (isinstance(self.tail_bound, (int, float)) and self.tail_bound > 0):
-            raise ValueError(f"tail_bound: expected a positive float, got {self.tail_bound!r}")
+        check_training_settings(self)
         if self.embedding is not None and not isinstance(self.embedding, Embedding):
             raise ValueError(
                 "embedding: expected a bmsbi.embeddings.Embedding (e.g. CNN1DEmbedding(...)), "

@@ -23,7 +23,7 @@ import numpy as np
 import paramax
 
 from .mcmc_posterior import MCMCPosterior, UnnormalisedEstimator, fit_unnormalised
-from .nle import _check_positive
+from .._checks import check_positive_fields, check_training_settings
 
 __all__ = ["NRE"]
 
@@ -121,7 +121,8 @@ class NRE(UnnormalisedEstimator):
     thin: int = 1
 
     def __post_init__(self):
-        _check_positive(self, ("hidden", "nn_depth", "num_contrastive", "batch_size", "max_epochs",
+        check_training_settings(self)
+        check_positive_fields(self, ("hidden", "nn_depth", "num_contrastive", "batch_size", "max_epochs",
                                "num_chains", "num_warmup", "thin"))
 
     def config(self) -> dict:
