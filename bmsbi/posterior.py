@@ -303,6 +303,9 @@ class Posterior:
             Or, with a stored summary pipeline, raw recordings: a
             :class:`bmsbi.Recording`, a list of them, or arrays (rules in :meth:`infer`;
             changes made to them are reported in a :class:`bmsbi.RecordingWarning`).
+            Real numbers only: complex values (whose imaginary part would be lost),
+            ragged lists, object or text arrays are a ``ValueError`` naming ``x_obs``, as
+            in every method that takes observations.
         num_samples : int
         long : {"refuse", "epochs"}
             A recording longer than trained: refused, or split into whole epochs (a
@@ -713,7 +716,7 @@ class Posterior:
         ``theta`` outside the prior's support gives ``-inf`` (never NaN).
         """
         x, batched = self._observations(x_obs, warn_ood=False, long=long)
-        th = np.asarray(theta, dtype=np.float32)
+        th = np.asarray(real_array(theta, "theta"), np.float32)
         d = self.dim
         if th.ndim == 0 or th.shape[-1] != d:
             raise ValueError(f"theta: expected a last axis of length d={d} ({', '.join(self.names)}), "

@@ -111,6 +111,16 @@ def test_posterior_refuses_bad_observations(post, call, what, x, message):
         fn(post, x)
 
 
+@pytest.mark.parametrize("theta, message", [
+    (np.zeros(2) + 1j, r"^theta: expected real numbers, got complex"),
+    ([[0.0, 1.0], [0.0]], r"^theta: .*ragged list of 2 items .*\(\(2,\), \(1,\)\)"),
+    (["a", "b"], r"^theta: .*got text"),
+])
+def test_log_prob_refuses_bad_theta(post, theta, message):
+    with pytest.raises(ValueError, match=message):
+        post.log_prob(theta, X_OBS)
+
+
 def test_posterior_still_takes_lists_ints_and_jax_arrays(post):
     one = post.ood_score(X_OBS)  # through the same input checks as sample / log_prob / infer
     assert post.ood_score(X_OBS.tolist()) == one and post.ood_score(jax.numpy.asarray(X_OBS)) == one
