@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-__all__ = ["as_key", "check_positive_int"]
+__all__ = ["as_key", "check_positive_int", "real_array", "check_training_settings", "check_positive_fields"]
 
 
 def as_key(key, arg: str = "key") -> jax.Array:
@@ -64,3 +64,50 @@ def check_positive_fields(obj, names) -> None:
     """Each ``getattr(obj, name)`` a positive int (``ValueError`` naming the field otherwise)."""
     for name in names:
         check_positive_int(getattr(obj, name), name)
+
+
+def _item_shape(item) -> str:
+    try:
+        return str(np.shape(item))
+    except ValueError:  # itself ragged
+        return "ragged"
+
+
+def _describe(value) -> str:
+    """What came, for an error message: the item shapes of a ragged list, else the type."""
+    if isinstance(value, (list, tuple)):
+        shapes = [_item_shape(v) for v in value]
+        listing = ", ".join(shapes[:8]) + (", ..." if len(shapes) > 8 else "")
+        return (f"a ragged {type(value).__name__} of {len(value)} items whose shapes differ "
+                f"({listing}); every item must have the same shape")
+    return type(value).__name__
+
+
+def real_array(value, arg: str, *, what: str = "a numeric array", allow_bool: bool = True):
+    """``value`` as an array of real numbers (integers, floats, and booleans if ``allow_bool``).
+
+    Nothing is converted silently: ragged nesting (its items' shapes are named), complex
+    numbers (the imaginary part would be lost), and object, string, byte or date data
+    are a ``ValueError`` naming ``arg``. The dtype is kept (the caller casts); a numpy or
+    jax array comes back as it is, anything else as a numpy array.
+    """
+    try:
+        arr = value if isinstance(value, (np.ndarray, jax.Array)) else np.asarray(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{arg}: expected {what}, got {_describe(value)}") from None
+    kind = np.dtype(arr.dtype).kind if not jax.dtypes.issubdtype(arr.dtype, jax.dtypes.prng_key) else "V"
+    if kind == "c":
+        raise ValueError(f"{arg}: expected real numbers, got complex values ({arr.dtype}), whose "
+                         "imaginary part would be lost; pass np.real, np.abs or np.angle of them, "
+                         "as the analysis needs")
+    if kind == "b" and not allow_bool:
+        raise ValueError(f"{arg}: expected real numbers, got booleans")
+    if kind == "O":
+        kinds = sorted({type(v).__name__ for v in arr.reshape(-1)[:1000]})
+        raise ValueError(f"{arg}: expected {what}, got "
+                         + (f"{type(value).__name__}" if arr.ndim == 0 else f"an object array holding {kinds}"))
+    if kind in "US":
+        raise ValueError(f"{arg}: expected {what}, got text {arr.reshape(-1)[:5].tolist()!r:.80}")
+    if kind not in "biuf":
+        raise ValueError(f"{arg}: expected {what}, got {type(value).__name__} of dtype {arr.dtype}")
+    return arr

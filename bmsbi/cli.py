@@ -199,11 +199,13 @@ def _read_file(path: str, fs, channels):
     """``(array or None, Recording or None)`` from one recording file.
 
     ``.npy``/``.csv`` files without a rate (no ``--fs``, no side-car ``.json``) come back
-    as arrays; everything else through :func:`bmsbi.read_recording`.
+    as arrays; everything else through :func:`bmsbi.read_recording`. A file holding
+    complex, non-numeric, NaN or inf values is refused, naming it (nothing is inferred).
     """
     import numpy as np
 
     import bmsbi
+    from bmsbi._checks import real_array
     from bmsbi.recording import read_csv
 
     p = _existing(path, "recordings")
@@ -213,13 +215,31 @@ def _read_file(path: str, fs, channels):
     try:
         if plain and (fs is None or _is_batch_npy(p)) and not p.with_suffix(".json").exists():
             a = np.load(p, allow_pickle=False) if p.suffix.lower() == ".npy" else read_csv(p)[0]
-            if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.number) or a.size == 0:
+            if not isinstance(a, np.ndarray) or a.size == 0:
                 raise CLIError(f"recordings: {path} holds no numeric data (dtype {getattr(a, 'dtype', '?')}, "
                                f"shape {getattr(a, 'shape', '?')})")
+            a = real_array(a, "path", what="numbers")
+            _check_finite(a, path)
             return a, None
         return None, bmsbi.read_recording(p, fs=fs if plain else None, channels=channels)  # --fs: .npy/.csv only
     except (ValueError, OSError, EOFError) as exc:
         raise CLIError(f"recordings: {path}: {_strip_arg(_first_line(exc))}") from None
+
+
+def _check_finite(a, path: str) -> None:
+    """Refuse a recording file holding NaN or inf: say how many values, in which rows."""
+    import numpy as np
+
+    nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+    if nan == inf == 0:
+        return
+    what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "inf")) if n)
+    bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1) if a.ndim else np.array([True])
+    rows = np.flatnonzero(bad)
+    where = (f"at {rows.size} of its {a.size} positions (first: {rows[0]})" if a.ndim <= 1 else
+             f"in {rows.size} of its {len(a)} rows (first: row {rows[0]})")
+    raise CLIError(f"recordings: {path} holds {what} values {where}; bmsbi infer takes finite "
+                   "recordings only: interpolate or cut the bad stretch, or leave the file out")
 
 
 def _is_batch_npy(p: Path) -> bool:
@@ -328,10 +348,11 @@ def _write_inference(result, labels, path: Path, fmt: str, posterior_path: str) 
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "npz":
-        np.savez(path, samples=result.samples, names=np.array(result.names), recordings=np.array(labels),
-                 x=result.x, ood_score=result.ood_score, ood_pvalue=result.ood_pvalue,
-                 flagged=result.flagged, mean=result.samples.mean(axis=1), sd=result.samples.std(axis=1),
-                 source=result.source, corrections=np.array(["; ".join(c) for c in result.corrections]))
+        with open(path, "wb") as fh:  # a file object: np.savez adds no ".npz" to the name
+            np.savez(fh, samples=result.samples, names=np.array(result.names), recordings=np.array(labels),
+                     x=result.x, ood_score=result.ood_score, ood_pvalue=result.ood_pvalue,
+                     flagged=result.flagged, mean=result.samples.mean(axis=1), sd=result.samples.std(axis=1),
+                     source=result.source, corrections=np.array(["; ".join(c) for c in result.corrections]))
         return
     rows = _summary_rows(result, labels)
     if fmt == "json":
@@ -345,15 +366,22 @@ def _write_inference(result, labels, path: Path, fmt: str, posterior_path: str) 
         writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
 
 
+_OUT_FORMATS = ("csv", "json", "npz")
+
+
 def cmd_infer(args) -> None:
     import bmsbi
 
     fmt = args.format
+    suffix = None if args.out is None else Path(args.out).suffix.lower().lstrip(".")
     if args.out is not None and fmt is None:
-        fmt = Path(args.out).suffix.lower().lstrip(".")
-        if fmt not in ("csv", "json", "npz"):
+        fmt = suffix
+        if fmt not in _OUT_FORMATS:
             raise CLIError(f"--out: cannot tell the format from {args.out!r}; end it in .csv, .json or .npz, "
                            "or pass --format")
+    elif suffix in _OUT_FORMATS and suffix != fmt:
+        raise CLIError(f"--out: {args.out!r} ends in .{suffix} but --format is {fmt}; name the file "
+                       f"*.{fmt}, or drop --format to write {suffix}")
     if args.num_samples < 2:
         raise CLIError(f"--num-samples: expected at least 2, got {args.num_samples}")
     if args.out is not None:
@@ -472,7 +500,9 @@ _INFER_DESCRIPTION = ("Sample the posterior for every RECORDING in one batched c
     "on: another sampling rate is resampled, channels are reordered by name, a longer "
     "recording is refused or (--long epochs) split into epochs; each change is printed "
     "as a note on stderr and stored in --out. .npy/.csv files carry no rate: give --fs "
-    "or a side-car .json ({\"fs\": 250}) beside them. Recordings "
+    "or a side-car .json ({\"fs\": 250}) beside them. A file holding NaN, inf or complex "
+    "values is refused (exit 2, naming it; nothing is inferred, even when other files are "
+    "fine). Recordings "
     "unlike every training simulation are flagged in the table and named in a warning "
     "on stderr; the exit status stays 0 (the output is valid, the flag is part of it) "
     "unless --fail-on-ood is given.")
@@ -571,8 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--out", default=None, help="write the results: .npz (samples, names, OOD scores), "
                                                  ".csv or .json (summary table: means, sds, 5%%/95%% "
                                                  "quantiles, ood_score, ood_pvalue, flagged)")
-    inf.add_argument("--format", choices=["csv", "json", "npz"], default=None,
-                     help="format of --out (default: from its suffix)")
+    inf.add_argument("--format", choices=list(_OUT_FORMATS), default=None,
+                     help="format of --out (default: from its suffix); the file is written at exactly "
+                          "the path given, and a suffix .csv/.json/.npz that contradicts --format is "
+                          "refused")
     inf.add_argument("--seed", type=int, default=0)
     inf.add_argument("--fail-on-ood", action="store_true",
                      help="exit with status 3 when any recording is out of distribution")

@@ -37,7 +37,7 @@ import numpy as np
 import paramax
 
 from . import io as bio
-from ._checks import as_key
+from ._checks import as_key, real_array
 from .engine import History
 from .prior import Prior, as_prior
 from .recording import LONG_OPTIONS, Recording, RecordingSpec, RecordingWarning
@@ -277,10 +277,7 @@ class Posterior:
 
     def _check_x(self, x_obs, arg="x_obs"):
         """``(x (m, *x_shape) float32, batched)``; ValueError naming ``arg`` otherwise."""
-        try:
-            x = np.asarray(x_obs, dtype=np.float32)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{arg}: expected a numeric array, got {type(x_obs).__name__}") from err
+        x = np.asarray(real_array(x_obs, arg), np.float32)
         if x.shape == self.x_shape:
             batched, x = False, x[None]
         elif x.ndim == len(self.x_shape) + 1 and x.shape[1:] == self.x_shape and x.shape[0] > 0:
@@ -306,6 +303,9 @@ class Posterior:
             Or, with a stored summary pipeline, raw recordings: a
             :class:`bmsbi.Recording`, a list of them, or arrays (rules in :meth:`infer`;
             changes made to them are reported in a :class:`bmsbi.RecordingWarning`).
+            Real numbers only: complex values (whose imaginary part would be lost),
+            ragged lists, object or text arrays are a ``ValueError`` naming ``x_obs``, as
+            in every method that takes observations.
         num_samples : int
         long : {"refuse", "epochs"}
             A recording longer than trained: refused, or split into whole epochs (a
@@ -436,11 +436,8 @@ class Posterior:
                 raise ValueError(f"{arg}: expected a list of bmsbi.Recording or one array, got a list "
                                  f"mixing {kinds}; wrap every array in bmsbi.Recording(data, fs)")
             return [(r, r.name or str(i)) for i, r in enumerate(recordings)], True, False
-        try:
-            r = np.asarray(recordings, dtype=np.float32)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{arg}: expected a bmsbi.Recording, a list of them or a numeric array, got "
-                             f"{type(recordings).__name__}") from err
+        r = np.asarray(real_array(recordings, arg, what="a bmsbi.Recording, a list of them or a numeric "
+                                  "array"), np.float32)
         batched = r.ndim == 3
         r = r[:, None] if r.ndim == 1 else r
         r = r[None] if r.ndim == 2 else r
@@ -452,6 +449,7 @@ class Posterior:
         return [(a, str(i)) for i, a in enumerate(r)], batched, True
 
     def _observations(self, data, *, warn_ood: bool, arg="x_obs", long: str = "refuse"):
+        data = _checked_input(data, arg)
         if _is_trials_input(data) or self._is_trial_batch(data):
             return self._trial_observations(data, arg, long, warn_ood=warn_ood)
         x, batched = self._single_observations(data, warn_ood=warn_ood, arg=arg, long=long)
@@ -604,6 +602,7 @@ class Posterior:
 
     def _raw_observations(self, data, arg="x_obs", long: str = "refuse") -> "_Prepared":
         """Observations (unchecked for finiteness) from observations, raw recordings or trials."""
+        data = _checked_input(data, arg)
         if _is_trials_input(data) or self._is_trial_batch(data):
             return self._trial_prepared(data, arg, long, strict=False)
         p = self._single_raw_observations(data, arg, long)
@@ -614,10 +613,7 @@ class Posterior:
                                         not self._is_observation_shape(np.shape(data))):
             if _is_recording_input(data):
                 self._prepare(data, arg, long)  # raises: no summary pipeline
-            try:
-                x = np.asarray(data, dtype=np.float32)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{arg}: expected a numeric array, got {type(data).__name__}") from err
+            x = np.asarray(real_array(data, arg), np.float32)
             if x.shape == self.x_shape:
                 x, batched = x[None], False
             elif self._is_observation_shape(x.shape) and len(x) > 0:
@@ -720,7 +716,7 @@ class Posterior:
         ``theta`` outside the prior's support gives ``-inf`` (never NaN).
         """
         x, batched = self._observations(x_obs, warn_ood=False, long=long)
-        th = np.asarray(theta, dtype=np.float32)
+        th = np.asarray(real_array(theta, "theta"), np.float32)
         d = self.dim
         if th.ndim == 0 or th.shape[-1] != d:
             raise ValueError(f"theta: expected a last axis of length d={d} ({', '.join(self.names)}), "
@@ -1238,6 +1234,15 @@ def _is_trials_input(data) -> bool:
                              f"mixing {kinds}; wrap each experiment in bmsbi.Trials")
         return True
     return False
+
+
+def _checked_input(data, arg: str):
+    """Trials and recordings as given; anything else a real numeric array (ragged, complex,
+    object or text input is a ``ValueError`` naming ``arg``)."""
+    if _is_trials_input(data) or _is_recording_input(data):
+        return data
+    return real_array(data, arg, what="a numeric array (observations, or raw recordings with a "
+                                      "stored summary pipeline)")
 
 
 def _is_recording_input(data) -> bool:

@@ -31,7 +31,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import Transform, biject_to
 
-from ._checks import as_key
+from ._checks import as_key, real_array
 
 __all__ = ["Prior"]
 
@@ -317,6 +317,24 @@ def _block(where: str, value: tuple):
     return d, tuple(coords)
 
 
+def _names(names, d: int) -> list:
+    """``names`` as ``d`` distinct non-empty strings; ``ValueError`` naming ``names`` otherwise."""
+    if isinstance(names, str):
+        raise ValueError(f"names: expected a list of {d} names, got the string {names!r}: a string "
+                         f"is not a list of names" + (f"; pass names=[{names!r}]" if d == 1 else ""))
+    if isinstance(names, np.ndarray) and names.ndim == 1:
+        names = names.tolist()
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"names: expected a list of {d} names (str), got {type(names).__name__} "
+                         f"{names!r:.80}")
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise ValueError(f"names: expected non-empty strings, got {bad[:5]!r:.80}")
+    if len(names) != d or len(set(names)) != d:
+        raise ValueError(f"names: expected {d} distinct names (one per bound), got {list(names)!r:.120}")
+    return list(names)
+
+
 def _in_support(e: _Entry, theta: jax.Array) -> jax.Array:
     if not e.block:
         return e.dist.support.check(theta[..., e.cols.start])
@@ -405,9 +423,17 @@ class Prior:
         Parameters
         ----------
         low, high : array-like, shape ``(d,)``
-            Bounds, ``low < high`` elementwise.
-        names : sequence of str, optional
-            Parameter names; defaults to ``theta0 ... theta{d-1}``.
+            Bounds, real numbers, finite, ``low < high`` elementwise, ``d >= 1`` (a
+            number is one bound).
+        names : list or tuple of str, optional
+            ``d`` distinct, non-empty parameter names; defaults to ``theta0 ...
+            theta{d-1}``. A single string is refused, even for ``d == 1``: it is not a
+            list of names (``names="mu"`` would read as ``["m", "u"]``); pass ``["mu"]``.
+
+        Raises
+        ------
+        ValueError
+            Naming ``low``, ``high``, ``low/high`` or ``names``, with what came.
 
         Examples
         --------
@@ -415,20 +441,18 @@ class Prior:
         >>> bmsbi.Prior.uniform([-1., 0.], [1., 2.], names=["a", "w"]).names
         ('a', 'w')
         """
-        low = np.atleast_1d(np.asarray(low, dtype=np.float64))
-        high = np.atleast_1d(np.asarray(high, dtype=np.float64))
+        low, high = (np.atleast_1d(real_array(v, arg, what="numbers (one bound per parameter)",
+                                              allow_bool=False)).astype(np.float64)
+                     for v, arg in ((low, "low"), (high, "high")))
         if low.ndim != 1 or low.shape != high.shape:
             raise ValueError(
                 f"low/high: expected two 1-D arrays of the same length, got shapes {low.shape} "
                 f"and {high.shape}")
+        if low.size == 0:
+            raise ValueError("low/high: expected bounds for at least one parameter, got empty arrays")
         if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)):
             raise ValueError(f"low/high: expected finite bounds with low < high, got low={low}, high={high}")
-        if names is None:
-            names = [f"theta{i}" for i in range(low.size)]
-        names = list(names)
-        if len(names) != low.size or len(set(names)) != len(names):
-            raise ValueError(
-                f"names: expected {low.size} distinct names, got {names!r}")
+        names = [f"theta{i}" for i in range(low.size)] if names is None else _names(names, low.size)
         return cls({n: dist.Uniform(float(lo), float(hi)) for n, lo, hi in zip(names, low, high)})
 
     @classmethod

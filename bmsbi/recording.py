@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import check_positive_int, real_array
+
 __all__ = ["Recording", "RecordingSpec", "read_recording", "read_csv", "resample_ratio",
            "MAX_RESAMPLE_FACTOR", "MNE_SUFFIXES", "LONG_OPTIONS", "RecordingWarning"]
 
@@ -101,17 +103,7 @@ def _as_data(data) -> tuple[np.ndarray, list]:
     notes = []
     if isinstance(data, Recording):
         raise ValueError("data: expected an array, got a Recording; use the Recording itself")
-    try:
-        arr = np.asarray(data)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"data: expected a numeric array (time, channels), got {type(data).__name__}") from err
-    if arr.dtype == object or arr.dtype.kind in "USVMm":
-        raise ValueError(f"data: expected a numeric array (time, channels), got dtype {arr.dtype}")
-    if arr.dtype.kind == "c":
-        raise ValueError(f"data: expected real numbers, got complex ({arr.dtype}); take np.real, np.abs "
-                         "or np.angle of it first, as the analysis needs")
-    if arr.dtype.kind == "b":
-        raise ValueError("data: expected real numbers, got booleans")
+    arr = real_array(data, "data", what="a numeric array (time, channels)", allow_bool=False)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
@@ -172,6 +164,14 @@ def _optional_str(value, arg):
     return value
 
 
+def _notes(notes) -> tuple:
+    """``notes`` as a tuple of str; a single string is not a list of notes."""
+    if isinstance(notes, (list, tuple)) and all(isinstance(n, str) for n in notes):
+        return tuple(notes)
+    raise ValueError(f"notes: expected a list of str (one note each), got {notes!r:.80}"
+                     + ("; for one note pass [note]" if isinstance(notes, str) else ""))
+
+
 class Recording:
     """A multichannel recording ``(time, channels)`` sampled at ``fs`` Hz.
 
@@ -180,18 +180,19 @@ class Recording:
     data : array-like, ``(time, channels)``
         Real numbers, all finite. A 1-D array is one channel. Floats keep their
         precision (float16 becomes float32); integers (raw units such as ADC counts) are
-        accepted and converted to float64, which :attr:`notes` records. Complex, boolean
-        and 3-D data are refused.
+        accepted and converted to float64, which :attr:`notes` records. Complex, boolean,
+        object, string and 3-D data, and ragged lists, are refused.
     fs : float
         Sampling rate in Hz (positive, finite).
     channels : sequence of str, optional
-        One unique name per column.
+        One unique name per column (a single string is refused, even for one channel).
     units : str, optional
         Unit of the values, e.g. ``"V"``, ``"uV"``, ``"a.u."``.
     name : str, optional
         A label (e.g. the file name) used in reports.
-    notes : sequence of str, optional
-        What was already done to the data (carried over by the methods below).
+    notes : list or tuple of str, optional
+        What was already done to the data (carried over by the methods below); a
+        single string is refused (pass ``[note]``).
 
     Attributes
     ----------
@@ -230,7 +231,7 @@ class Recording:
         object.__setattr__(self, "channels", names)
         object.__setattr__(self, "units", _optional_str(units, "units"))
         object.__setattr__(self, "name", _optional_str(name, "name"))
-        object.__setattr__(self, "notes", tuple(str(n) for n in notes) + tuple(made))
+        object.__setattr__(self, "notes", _notes(notes) + tuple(made))
 
     def __setattr__(self, key, value):
         raise AttributeError("Recording is immutable; make a new one (e.g. rec.resample, rec.crop)")
@@ -301,8 +302,6 @@ class Recording:
         >>> len(eps), eps[1].name, eps[1].notes[-1]
         (2, 'r[epoch 1]', 'epoch 1 of 2 (samples 1000-2000, 4 s each); the last 2.4 s (600 samples) dropped')
         """
-        from ._checks import check_positive_int
-
         n = check_positive_int(n_samples, "n_samples")
         if n > self.n_samples:
             raise ValueError(f"n_samples: expected at most {self.n_samples} (the recording's length, "
@@ -408,8 +407,6 @@ class RecordingSpec:
     channels: tuple | None = None
 
     def __post_init__(self):
-        from ._checks import check_positive_int
-
         object.__setattr__(self, "n_samples", check_positive_int(self.n_samples, "n_samples"))
         object.__setattr__(self, "n_channels", check_positive_int(self.n_channels, "n_channels"))
         if self.fs is not None:

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from . import engine
-from ._checks import as_key, check_positive_int
+from ._checks import as_key, check_positive_int, real_array
 
 __all__ = ["Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint",
            "cross_entropy", "accuracy", "mean_squared_error"]
@@ -340,7 +340,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------ checks
     def _inputs(self, inputs, arg="inputs"):
-        x = jnp.asarray(inputs)
+        x = jnp.asarray(real_array(inputs, arg))
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(jnp.float32)
         if self._input_shape is None:  # before training: a time axis at least
@@ -361,19 +361,21 @@ class Trainer:
                              f"training, got {tuple(x.shape[1:])} (shape {tuple(x.shape)})")
         if x.shape[0] == 0:
             raise ValueError(f"{arg}: expected at least one sample, got shape {tuple(x.shape)}")
+        _check_finite(x, arg)
         return x
 
     def _pair(self, data, arg):
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
             raise ValueError(f"{arg}: expected an (inputs, targets) pair, got {type(data).__name__}")
         x = self._inputs(data[0], f"{arg}[0] (inputs)")
-        y = jnp.asarray(data[1])
+        y = jnp.asarray(real_array(data[1], f"{arg}[1] (targets)"))
         if y.ndim == 0 or y.shape[0] != x.shape[0]:
             raise ValueError(f"{arg}[1] (targets): expected {x.shape[0]} targets (one per input "
                              f"sample), got shape {tuple(y.shape)}")
         if self._target_shape is not None and tuple(y.shape[1:]) != self._target_shape:
             raise ValueError(f"{arg}[1] (targets): expected per-sample shape {self._target_shape} "
                              f"as in training, got {tuple(y.shape[1:])}")
+        _check_finite(y, f"{arg}[1] (targets)")
         return x, y
 
     def _check_forward(self, x, y):
@@ -407,7 +409,10 @@ class Trainer:
         Parameters
         ----------
         train_data : (inputs, targets)
-            ``inputs`` ``(N, T, ...)`` sample-leading, ``targets`` ``(N, ...)``.
+            ``inputs`` ``(N, T, ...)`` sample-leading, ``targets`` ``(N, ...)``: finite
+            real numbers (NaN / inf, complex, ragged or non-numeric data are a
+            ``ValueError`` naming the argument, here and in :meth:`evaluate` /
+            :meth:`predict`).
         epochs : int
             Most epochs to run (each one compiled ``lax.scan``; ``N % batch_size``
             shuffled rows are left out of each epoch).
@@ -578,6 +583,15 @@ class Trainer:
             for k, v in out.items():
                 total[k] = total.get(k, 0.0) + w * float(v)
         return total
+
+
+def _check_finite(a, arg):
+    """Refuse NaN / inf in data: they would be trained on (or predicted from) without a word."""
+    bad = int(jnp.size(a) - jnp.sum(jnp.isfinite(a))) if jnp.issubdtype(a.dtype, jnp.inexact) else 0
+    if bad:
+        rows = np.flatnonzero(~np.asarray(jnp.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)))
+        raise ValueError(f"{arg}: expected finite values, got {bad} NaN/inf in {rows.size} of "
+                         f"{a.shape[0]} samples (first: sample {rows[0]}); drop or repair those samples")
 
 
 def _strong(tree):

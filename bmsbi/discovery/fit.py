@@ -51,7 +51,7 @@ import numpy as np
 import optax
 
 from .. import engine
-from .._checks import as_key
+from .._checks import as_key, real_array
 from .library import Library, library_from_dict
 from .model import INTEGRATORS, SparseDynamics
 from .smoothing import smooth_derivative
@@ -86,7 +86,8 @@ def support_f1(estimated, true) -> float:
     >>> support_f1(np.array([[1.0, 0.0], [0.5, 0.0]]), np.array([[2.0, 0.0], [0.0, 1.0]]))
     0.5
     """
-    est, tru = np.asarray(estimated) != 0, np.asarray(true) != 0
+    est = np.asarray(real_array(estimated, "estimated")) != 0
+    tru = np.asarray(real_array(true, "true")) != 0
     if est.shape != tru.shape:
         raise ValueError(f"estimated: expected shape {tru.shape} (like true), got {est.shape}")
     tp = float(np.sum(est & tru))
@@ -104,7 +105,8 @@ def coefficient_error(estimated, true) -> float:
     >>> round(coefficient_error(np.array([1.1, 0.0]), np.array([1.0, 0.0])), 3)
     0.1
     """
-    est, tru = np.asarray(estimated, float), np.asarray(true, float)
+    est = np.asarray(real_array(estimated, "estimated"), float)
+    tru = np.asarray(real_array(true, "true"), float)
     if est.shape != tru.shape:
         raise ValueError(f"estimated: expected shape {tru.shape} (like true), got {est.shape}")
     return float(np.linalg.norm(est - tru) / max(np.linalg.norm(tru), 1e-300))
@@ -228,7 +230,7 @@ class Discovered:
         dt = self.dt if dt is None else float(dt)
         model = self.module
         shape = model.state_shape
-        x0 = np.asarray(x0, np.float32)
+        x0 = np.asarray(real_array(x0, "x0"), np.float32)
         if x0.shape != shape and x0.shape[1:] != shape:
             raise ValueError(f"x0: expected shape {shape} or (batch, *{shape}), got {x0.shape}")
         if not np.all(np.isfinite(x0)):
@@ -334,11 +336,7 @@ def _check_inputs(data, dt, library, method, threshold, penalty, n_bootstrap, in
     out = []
     for i, x in enumerate(trajs):
         where = "data" if len(trajs) == 1 and not isinstance(data, (list, tuple)) else f"data[{i}]"
-        try:
-            x = np.asarray(x, dtype=float)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: expected a numeric (time, *{state_shape}) array, got "
-                             f"{type(x).__name__} ({err})") from None
+        x = np.asarray(real_array(x, where, what=f"a numeric (time, *{state_shape}) array"), float)
         if x.ndim == len(state_shape):  # a single time point given without the time axis
             raise ValueError(f"{where}: expected shape (time, {', '.join(map(str, state_shape))})"
                              f" with at least 3 time points, got a single time point of shape "

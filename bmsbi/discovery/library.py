@@ -38,6 +38,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import real_array
+
 __all__ = ["Library", "PolynomialLibrary", "FunctionLibrary", "CouplingLibrary", "ConcatLibrary",
            "polynomial_library", "sigmoid_library", "tanh_library", "coupling_library",
            "concat", "library_from_dict", "library_from_json"]
@@ -211,12 +213,14 @@ class CouplingLibrary(Library):
 
     def __post_init__(self):
         _check_n_states(self.n_states)
-        w = np.asarray(self.weights, dtype=float)
+        w = np.asarray(real_array(self.weights, "weights", what="a square (N, N) matrix of numbers"), float)
         if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape[0] < 1:
             raise ValueError(f"weights: expected a square (N, N) matrix, got shape {w.shape}")
         if not np.all(np.isfinite(w)):
             raise ValueError("weights: expected finite values, got NaN or inf")
         object.__setattr__(self, "weights", tuple(tuple(float(v) for v in row) for row in w))
+        if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) for s in self.states):
+            raise ValueError(f"states: expected a list of state indices (int), got {self.states!r}")
         states = (tuple(range(self.n_states)) if not self.states
                   else tuple(int(s) for s in self.states))
         if any(not 0 <= s < self.n_states for s in states):
@@ -349,8 +353,10 @@ def coupling_library(weights, n_states: int, *, states=None, symbol: str = "C") 
     >>> lib(jnp.ones((7, 2, 2))).shape      # (time, nodes, states) -> (time, nodes, terms)
     (7, 2, 4)
     """
-    return CouplingLibrary(np.asarray(weights, dtype=float), n_states,
-                           tuple(states) if states is not None else (), symbol)
+    if states is not None and not isinstance(states, (list, tuple, np.ndarray)):
+        raise ValueError(f"states: expected a list of state indices (int), got {states!r}")
+    return CouplingLibrary(real_array(weights, "weights", what="a square (N, N) matrix of numbers"),
+                           n_states, tuple(np.asarray(states).tolist()) if states is not None else (), symbol)
 
 
 def concat(*libraries) -> ConcatLibrary:

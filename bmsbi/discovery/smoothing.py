@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from .._checks import real_array
+
 __all__ = ["savgol_matrix", "smooth_derivative", "estimate_noise_sd", "WINDOWS"]
 
 #: Candidate window lengths (odd, samples) for the automatic choice.
@@ -154,7 +156,21 @@ def smooth_derivative(x, dt: float, *, window=None, polyorder: int = 3):
     >>> bool(np.allclose(dx, np.stack([np.cos(t), -np.sin(t)], -1), atol=1e-4))
     True
     """
-    x = np.asarray(x, float)
+    x = np.asarray(real_array(x, "x", what="a numeric array (time, ...)"), float)
+    if x.ndim < 1 or x.shape[0] < 3 or x.size == 0:
+        raise ValueError(f"x: expected a trajectory (time, ...) of at least 3 samples, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x: expected finite values, got {int(np.sum(~np.isfinite(x)))} NaN/inf; drop or "
+                         "interpolate them first")
+    if isinstance(dt, (bool, np.bool_)) or not isinstance(dt, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt: expected a positive, finite sample spacing, got {dt!r}")
+    if window is not None and (isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer))
+                               or window < 3 or window % 2 == 0 or window > x.shape[0]):
+        raise ValueError(f"window: expected None or an odd int between 3 and {x.shape[0]} (the "
+                         f"trajectory's length), got {window!r}")
+    if isinstance(polyorder, (bool, np.bool_)) or not isinstance(polyorder, (int, np.integer)) or polyorder < 1:
+        raise ValueError(f"polyorder: expected a positive int, got {polyorder!r}")
     n = x.shape[0]
     flat = x.reshape(n, -1)
     xs, dx = np.empty_like(flat), np.empty_like(flat)
