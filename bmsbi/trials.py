@@ -36,6 +36,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import real_array
 from .recording import Recording
 
 __all__ = ["Trials"]
@@ -129,17 +130,8 @@ class Trials:
 
 
 def _numeric(data) -> np.ndarray:
-    """``data`` as a float32 array; complex or non-numeric input is a ``ValueError``."""
-    try:
-        arr = np.asarray(data)
-    except (TypeError, ValueError) as err:  # e.g. ragged nested lists
-        raise ValueError(f"data: expected a numeric array of trials, got {type(data).__name__} ({err})") from None
-    if np.iscomplexobj(arr):
-        raise ValueError("data: expected real-valued trials, got a complex array (take .real or "
-                         "np.abs explicitly)")
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(f"data: expected a numeric array of trials, got dtype {arr.dtype}")
-    return arr.astype(np.float32)
+    """``data`` as a float32 array; ragged, complex or non-numeric input is a ``ValueError``."""
+    return np.asarray(real_array(data, "data", what="a numeric array of trials"), np.float32)
 
 
 def stack_trials(items: Sequence[np.ndarray], k_max: int, x_shape: tuple) -> np.ndarray:
