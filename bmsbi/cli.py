@@ -396,14 +396,18 @@ def cmd_infer(args) -> None:
             batch = batch[0]  # one recording: its epochs are the trials
         name = labels[0] if len(labels) == 1 else f"{len(labels)} files"
         batch, labels = bmsbi.Trials(batch, name=f"trials of {name}"), [f"trials of {name}"]
-    with warnings.catch_warnings():
-        # reported below, one line each: OOD flags, and what was done to the recordings
+    with warnings.catch_warnings(record=True) as caught:
+        # reported below, one line each: OOD flags, what was done to the recordings, and
+        # any other warning (e.g. draws clipped to the prior's box) as one "warning:" line
+        warnings.simplefilter("always")
         warnings.simplefilter("ignore", bmsbi.OutOfDistributionWarning)
         warnings.simplefilter("ignore", bmsbi.RecordingWarning)
         try:
             result = posterior.infer(_key(args.seed), batch, args.num_samples, long=args.long)
         except ValueError as exc:
             raise CLIError(_first_line(exc).replace("pass long='epochs'", "pass --long epochs")) from None
+    for w in dict.fromkeys(_first_line(w.message) for w in caught):
+        print(f"bmsbi infer: warning: {w}", file=sys.stderr)
     if not isinstance(batch, list) and len(result) != len(labels):  # a plain batch split into epochs
         labels = [labels[s] + lab[len(str(s)):] for s, lab in zip(result.source, result.labels)]
     elif isinstance(batch, list):
