@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import jax
 import numpy as np
 
-__all__ = ["as_key", "check_positive_int", "real_array", "check_training_settings", "check_positive_fields"]
+__all__ = ["as_key", "check_positive_int", "real_array", "check_training_settings", "check_positive_fields",
+           "available_memory", "format_bytes"]
 
 
 def as_key(key, arg: str = "key") -> jax.Array:
@@ -111,3 +115,34 @@ def real_array(value, arg: str, *, what: str = "a numeric array", allow_bool: bo
     if kind not in "biuf":
         raise ValueError(f"{arg}: expected {what}, got {type(value).__name__} of dtype {arr.dtype}")
     return arr
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take (the cgroup limit counts), or None if unknown."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            pass
+    try:  # a container's limit; its page cache ("file") can be reclaimed, so it counts as free
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+            free = int(limit) - int((cgroup / "memory.current").read_text()) + int(stat.get("file", 0))
+            avail = free if avail is None else min(avail, free)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def format_bytes(nbytes: float) -> str:
+    """``nbytes`` in B, KiB, ... PiB (one decimal)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(nbytes) < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024

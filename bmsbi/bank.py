@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import io as bio
+from ._checks import available_memory as _available_memory, format_bytes as _size
 from ._checks import as_key, check_positive_int
 from .prior import Prior, as_prior
 
@@ -53,6 +54,10 @@ _FORMAT = "bmsbi.bank"
 _ON_INVALID = ("drop", "raise", "keep")
 # Default chunk: bound one chunk's output to about this many bytes.
 _CHUNK_BYTES = 256 * 2**20
+# ... and at most this many simulations: a simulation's working memory (its whole time
+# series before the summary) is usually far larger than its output; 16 million hopf_node
+# summaries fit in 256 MiB, their time series in no machine.
+_CHUNK_MAX_SIMS = 4096
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -583,7 +588,7 @@ def simulate_at(simulator: Callable, theta, *, key, chunk_size: int | None = Non
 
 def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev):
     if chunk_size is None:
-        chunk_size = max(1, min(n, _CHUNK_BYTES // max(bytes_per_sim, 1)))
+        chunk_size = max(1, min(n, _CHUNK_MAX_SIMS, _CHUNK_BYTES // max(bytes_per_sim, 1)))
     chunk_size = min(int(chunk_size), n)
     return int(math.ceil(chunk_size / n_dev) * n_dev)
 
@@ -602,36 +607,6 @@ def _bank_folder(path) -> Path | None:
     if not parent.is_dir():
         raise ValueError(f"path: cannot create the bank folder {folder}: {parent} is a file, not a folder")
     return folder
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory this process can still take (the cgroup limit counts), or None if unknown."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):
-            pass
-    try:  # a container's limit; its page cache ("file") can be reclaimed, so it counts as free
-        cgroup = Path("/sys/fs/cgroup")
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
-            free = int(limit) - int((cgroup / "memory.current").read_text()) + int(stat.get("file", 0))
-            avail = free if avail is None else min(avail, free)
-    except (OSError, ValueError):
-        pass
-    return avail
-
-
-def _size(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(nbytes) < 1024 or unit == "PiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
 
 
 def _check_budget(n: int, rows: int, row_bytes: int, folder: Path | None) -> None:
@@ -709,7 +684,8 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         up to floating-point reassociation; the same settings give bitwise the same bank.
     chunk_size : int, optional
         Simulations per compiled call (bounds memory). Default: as many as fit in about
-        256 MiB of output. Rounded up to a multiple of the local device count; the
+        256 MiB of output, at most 4,096 (a simulation's working memory, e.g. its whole
+        time series before a summary, is usually far larger than its output). Rounded up to a multiple of the local device count; the
         parameter axis of each chunk is split over all local devices.
     path : str or Path, optional
         Bank folder. Each finished chunk is written atomically; calling again with the

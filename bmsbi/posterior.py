@@ -37,7 +37,7 @@ import numpy as np
 import paramax
 
 from . import io as bio
-from ._checks import as_key, real_array
+from ._checks import as_key, available_memory, format_bytes, real_array
 from .engine import History
 from .prior import Prior, as_prior
 from .recording import LONG_OPTIONS, Recording, RecordingSpec, RecordingWarning
@@ -257,6 +257,15 @@ class Posterior:
         k = self.config.get("trials")
         return None if k is None else int(k)
 
+    def _check_budget(self, m: int, num_samples: int, arg: str = "num_samples") -> None:
+        """Refuse ``m x num_samples`` draws that cannot fit in memory (the sampler keeps a few copies)."""
+        need = 4 * m * num_samples * max(self.dim, 1) * 4
+        avail = available_memory()
+        if num_samples >= 2**31 or (avail is not None and need > avail):
+            have = "" if avail is None else f", but {format_bytes(avail)} is available"
+            raise ValueError(f"{arg}: {m} x {num_samples} draws of {self.dim} parameters need about "
+                             f"{format_bytes(need)} of memory{have}; draw fewer")
+
     def _pads_trials(self) -> bool:
         """Every observation goes in as ``(K, *x_shape)`` (an NPE trained with trials)."""
         return not self.sums_trials and self.config.get("trials") is not None
@@ -325,6 +334,7 @@ class Posterior:
         key = as_key(key)
         num_samples = _as_int(num_samples, "num_samples")
         x, batched = self._observations(x_obs, warn_ood=True, long=long)
+        self._check_budget(len(x), num_samples)
         out = self._compiled("sample")(self._params(), key, jnp.asarray(x), num_samples)
         self._check_draws(out, num_samples)
         return out if batched else out[0]
@@ -681,6 +691,7 @@ class Posterior:
         num_samples = _as_int(num_samples, "num_samples")
         prepared = self._raw_observations(recordings, "recordings", long=long)
         x = prepared.x
+        self._check_budget(len(x), num_samples)
         finite = self._finite(x)
         if self.ood is not None:
             score, pvalue = self._ood_score(x), self._ood_score(x, pvalue=True)
@@ -753,6 +764,7 @@ class Posterior:
         if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
             raise ValueError(f"learning_rate: expected a positive float, got {learning_rate!r}")
         x, batched = self._observations(x_obs, warn_ood=False, long=long)
+        self._check_budget(len(x), num_samples)
         out = self._compiled("map")(self._params(), key, jnp.asarray(x), num_samples, num_steps,
                                     float(learning_rate))
         return out if batched else out[0]

@@ -97,7 +97,7 @@ class Trials:
                                      f"list mixing {kinds}")
                 self.data = list(data)
                 return
-            shapes = [np.shape(d) for d in data]
+            shapes = [np.shape(_numeric(d, f"data[{i}]")) for i, d in enumerate(data)]
             odd = next((i for i, s in enumerate(shapes) if s != shapes[0]), None)
             if odd is not None:
                 raise ValueError(f"data: trials must all have the same shape, got ragged shapes: trial 0 "
@@ -129,9 +129,9 @@ class Trials:
         return f"Trials({label}, {len(self)} trials of shape {self.shape})"
 
 
-def _numeric(data) -> np.ndarray:
+def _numeric(data, arg: str = "data") -> np.ndarray:
     """``data`` as a float32 array; ragged, complex or non-numeric input is a ``ValueError``."""
-    return np.asarray(real_array(data, "data", what="a numeric array of trials"), np.float32)
+    return np.asarray(real_array(data, arg, what="a numeric array of trials"), np.float32)
 
 
 def stack_trials(items: Sequence[np.ndarray], k_max: int, x_shape: tuple) -> np.ndarray:
