@@ -90,7 +90,7 @@ def calibration_checks(posterior, theta, x, *, key, out, num_samples: int = 200,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bmsbi import diagnostics
+    from bmsbi import diagnostics, plotting
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,9 +102,9 @@ def calibration_checks(posterior, theta, x, *, key, out, num_samples: int = 200,
     sbc_p = np.asarray(diagnostics.sbc_uniformity(ranks, num_samples))
     cov = diagnostics.expected_coverage(posterior, theta, x, key=k_cov, num_samples=coverage_samples)
     zs = diagnostics.zscore_shrinkage(posterior, theta, x, key=k_z, num_samples=max(num_samples, 2))
-    for fig in (diagnostics.plot_sbc_ecdf(ranks, num_samples, names=names, path=out / "sbc.png"),
-                diagnostics.plot_coverage(cov, path=out / "coverage.png"),
-                diagnostics.plot_zscore_shrinkage(zs, path=out / "zscore_shrinkage.png")):
+    for fig in (plotting.plot_sbc_ecdf(ranks, num_samples, names=names, path=out / "sbc.png"),
+                plotting.plot_coverage(cov, path=out / "coverage.png"),
+                plotting.plot_zscore_shrinkage(zs, path=out / "zscore_shrinkage.png")):
         plt.close(fig)
     abs_z = np.nanmean(np.abs(zs.zscore), axis=0)
     shrink = np.nanmean(zs.shrinkage, axis=0)

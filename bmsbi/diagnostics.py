@@ -15,8 +15,8 @@ a question whose answer is known for a correct posterior:
   observation? Calibrated: the observation inside the predictive spread.
 - :func:`c2st` — can a classifier tell two sample sets apart? Same distribution: 0.5.
 
-Their plots (:func:`plot_sbc_ecdf`, :func:`plot_coverage`, :func:`plot_zscore_shrinkage`,
-:func:`plot_posterior_predictive`) live in :mod:`bmsbi.plotting` and are re-exported here.
+Their plots (:func:`~bmsbi.plotting.plot_sbc_ecdf`, :func:`~bmsbi.plotting.plot_coverage`, :func:`~bmsbi.plotting.plot_zscore_shrinkage`,
+:func:`~bmsbi.plotting.plot_posterior_predictive`) live in :mod:`bmsbi.plotting`, the layer above this one.
 
 The functions only need ``posterior.sample(key, x, n)`` (batched: ``(m, *x_shape)`` →
 ``(m, n, d)``), ``posterior.log_prob`` (for HPD coverage), ``posterior.prior`` and
@@ -41,7 +41,6 @@ from ._checks import as_key, check_positive_int
 __all__ = [
     "sbc_ranks", "sbc_uniformity", "sbc_ecdf_band", "expected_coverage", "Coverage",
     "zscore_shrinkage", "ZScoreShrinkage", "posterior_predictive", "c2st",
-    "plot_sbc_ecdf", "plot_coverage", "plot_zscore_shrinkage", "plot_posterior_predictive",
 ]
 
 _UNIFORMITY_METHODS = ("chi2", "ks", "ecdf")
@@ -289,7 +288,7 @@ def sbc_uniformity(ranks, num_samples: int, *, method: str = "chi2",
     """Per-parameter p-values for the uniformity of SBC ranks.
 
     Small p-values (say below 0.01, corrected for the number of parameters) mean the
-    posterior is miscalibrated for that parameter; look at :func:`plot_sbc_ecdf` for how.
+    posterior is miscalibrated for that parameter; look at :func:`~bmsbi.plotting.plot_sbc_ecdf` for how.
 
     Parameters
     ----------
@@ -303,7 +302,7 @@ def sbc_uniformity(ranks, num_samples: int, *, method: str = "chi2",
         degrees of freedom (Talts et al. 2018). ``"ks"``: Kolmogorov–Smirnov test of the
         jittered normalised ranks ``(r + U) / (L + 1)``, ``U ~ U(0, 1)`` with a fixed
         seed, against U(0, 1) (exact under calibration for any ``L``). ``"ecdf"``: the simultaneous ECDF test behind
-        :func:`plot_sbc_ecdf` (Säilynoja et al. 2022); its p-value is the fraction of
+        :func:`~bmsbi.plotting.plot_sbc_ecdf` (Säilynoja et al. 2022); its p-value is the fraction of
         5000 simulated uniform ECDFs at least as extreme.
     num_bins : int, optional
         Bins for ``"chi2"``; default ``min(20, m // 10, L + 1)`` (at least 2), so each
@@ -449,7 +448,7 @@ def expected_coverage(posterior, theta, x, *, key, levels=None, method: str = "h
     -------
     Coverage
         ``.levels``, ``.coverage`` (``(k,)``), ``.credibility`` (``(m,)``),
-        ``.max_deviation``, ``.band()``; plot it with :func:`plot_coverage`.
+        ``.max_deviation``, ``.band()``; plot it with :func:`~bmsbi.plotting.plot_coverage`.
 
     Examples
     --------
@@ -534,7 +533,7 @@ def zscore_shrinkage(posterior, theta, x, *, key, num_samples: int = 1000,
 
     The z-score says how far the posterior mean is from the truth in posterior standard
     deviations; the shrinkage says how much the data narrowed the prior. Plotted
-    against each other (:func:`plot_zscore_shrinkage`) an ideal posterior sits at high
+    against each other (:func:`~bmsbi.plotting.plot_zscore_shrinkage`) an ideal posterior sits at high
     shrinkage and small ``|z|``; whole-brain SBI studies (Hashemi et al. 2023) report
     their inference this way.
 
@@ -790,7 +789,3 @@ def c2st(a, b, *, seed: int = 1, n_folds: int = 5, z_score: bool = True) -> floa
     scores = cross_val_score(clf, data, target, cv=folds, scoring="accuracy")
     return float(np.mean(scores))
 
-
-# Plots live with the other matplotlib helpers; matplotlib is imported only when one runs.
-from .plotting import (plot_coverage, plot_posterior_predictive, plot_sbc_ecdf,  # noqa: E402
-                       plot_zscore_shrinkage)

@@ -14,6 +14,7 @@ import pytest
 
 import bmsbi
 from bmsbi import diagnostics as D
+from bmsbi import plotting as P
 from bmsbi.posterior import Posterior
 
 M, L = 400, 500            # held-out simulations, posterior draws per simulation
@@ -226,11 +227,11 @@ def test_plots_return_figures_and_write_png(results, post, predictive, tmp_path)
     r, bad = results("npe"), results("shrunk")
     x_pred, x_obs = predictive[0], X_OBS
     figs = {
-        "sbc": D.plot_sbc_ecdf(bad["ranks"], L, names=post.names, path=tmp_path / "sbc.png"),
-        "coverage": D.plot_coverage([r["hpd"], bad["hpd"]], labels=["NPE", "overconfident"],
+        "sbc": P.plot_sbc_ecdf(bad["ranks"], L, names=post.names, path=tmp_path / "sbc.png"),
+        "coverage": P.plot_coverage([r["hpd"], bad["hpd"]], labels=["NPE", "overconfident"],
                                     path=tmp_path / "coverage.png"),
-        "zscore": D.plot_zscore_shrinkage(r["zs"], path=tmp_path / "zscore.png"),
-        "ppc": D.plot_posterior_predictive(x_pred, x_obs, feature_names=["mean", "var"],
+        "zscore": P.plot_zscore_shrinkage(r["zs"], path=tmp_path / "zscore.png"),
+        "ppc": P.plot_posterior_predictive(x_pred, x_obs, feature_names=["mean", "var"],
                                            path=tmp_path / "ppc.png"),
     }
     for name, fig in figs.items():
@@ -238,7 +239,7 @@ def test_plots_return_figures_and_write_png(results, post, predictive, tmp_path)
         data = (tmp_path / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
     assert len(figs["sbc"].axes) == 2 and "t0" in figs["sbc"].axes[0].get_title()
-    assert D.plot_coverage(r["tarp"]).axes  # no path: nothing written, figure returned
+    assert P.plot_coverage(r["tarp"]).axes  # no path: nothing written, figure returned
 
 
 # ---------------------------------------------------------------------- bad input
@@ -265,7 +266,7 @@ def test_bad_input_names_the_argument(post, heldout):
     with pytest.raises(ValueError, match=r"ranks: expected values in \[0, num_samples=10\]"):
         D.sbc_uniformity(np.full((10, 2), 11), 10)
     with pytest.raises(ValueError, match=r"ranks: expected shape \(m, d\)"):
-        D.plot_sbc_ecdf(np.zeros(10, int), 10)
+        P.plot_sbc_ecdf(np.zeros(10, int), 10)
     with pytest.raises(ValueError, match="x_obs"):
         D.posterior_predictive(post, simulator, np.zeros(3), key=0)
     with pytest.raises(ValueError, match="simulator: expected a callable"):
@@ -278,4 +279,4 @@ def test_bad_input_names_the_argument(post, heldout):
     with pytest.raises(ValueError, match="posterior: expected a bmsbi posterior"):
         D.sbc_ranks("post", th, x, key=0)
     with pytest.raises(ValueError, match="feature_names: expected 2 names"):
-        D.plot_posterior_predictive(np.zeros((5, 2)), np.zeros(2), feature_names=["a"])
+        P.plot_posterior_predictive(np.zeros((5, 2)), np.zeros(2), feature_names=["a"])
