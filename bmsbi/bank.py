@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import io as bio
-from ._checks import available_memory as _available_memory, format_bytes as _size
+from ._checks import available_memory as _available_memory, format_bytes as _size, real_array
 from ._checks import as_key, check_positive_int
 from .prior import Prior, as_prior
 
@@ -106,7 +106,8 @@ class Bank:
     """
 
     def __init__(self, theta, x, names: Sequence[str] | None = None, meta: Mapping | None = None):
-        theta, x = _as_array(theta, "theta", "(n, d)"), _as_array(x, "x", "(n, *x_shape)")
+        theta = np.asarray(real_array(theta, "theta", what="an array of shape (n, d)"))
+        x = np.asarray(real_array(x, "x", what="an array of shape (n, *x_shape)"))
         if theta.ndim != 2:
             raise ValueError(f"theta: expected shape (n, d), got {theta.shape}")
         if x.ndim < 1 or x.shape[0] != theta.shape[0]:
@@ -252,15 +253,6 @@ def _parse_json(text: str, where) -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"path: {where} is not a JSON object (got a {type(obj).__name__})")
     return obj
-
-
-def _as_array(value, arg: str, shape: str) -> np.ndarray:
-    """``value`` as a numpy array; ragged or non-numeric input is a ``ValueError`` naming ``arg``."""
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{arg}: expected an array of shape {shape}, got {type(value).__name__} "
-                         f"that numpy cannot stack ({err})") from None
 
 
 def _check_schema(header: Mapping, path) -> None:
