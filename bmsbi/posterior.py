@@ -45,7 +45,7 @@ from .trials import Trials, stack_trials, trial_mask
 
 __all__ = ["Posterior", "DirectPosterior", "Inference", "OutOfDistributionWarning", "load_posterior",
            "RecordingWarning",
-           "register_posterior",
+           "register_posterior", "register_model_builder", "model_skeleton",
            "check_bank_prior", "SCHEMA_VERSION"]
 
 # 2: optional summary pipeline, recording shape and out-of-distribution reference
@@ -218,21 +218,21 @@ class Posterior:
     # -------------------------------------------------------------- subclass hooks
     def _params(self):
         """Pytree of arrays handed to the compiled functions."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _params (a hook of bmsbi.Posterior)")
 
     def _sample_batch(self, params, key, x, num_samples):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _sample_batch (a hook of bmsbi.Posterior)")
 
     def _log_prob_batch(self, params, theta, x):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _log_prob_batch (a hook of bmsbi.Posterior)")
 
     def _payload(self) -> tuple[dict, bytes]:
         """``(header entries, payload bytes)`` specific to the subclass."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _payload (a hook of bmsbi.Posterior)")
 
     @classmethod
     def _from_file(cls, header: dict, payload: bytes, prior: Prior, history: History | None):
-        raise NotImplementedError
+        raise NotImplementedError(f"{cls.__name__} must implement _from_file (a hook of bmsbi.Posterior)")
 
     # ------------------------------------------------------------------- basics
     @property
@@ -1132,13 +1132,9 @@ class DirectPosterior(Posterior):
 
     @classmethod
     def _from_file(cls, header, payload, prior, history):
-        from .estimators.npe import model_from_config
-
         config = header.get("config")
         x_shape = tuple(header["x_shape"])
-        if not isinstance(config, dict) or config.get("estimator") != "NPE":
-            raise ValueError("path: the file's estimator config is not an NPE config")
-        skeleton = model_from_config(config, prior.unconstrained_dim, x_shape)
+        skeleton = model_skeleton(config, ("NPE",), prior.unconstrained_dim, x_shape)
         model, stats = read_weights_and_stats(header, payload, skeleton, prior.unconstrained_dim, x_shape)
         return cls(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
                    history=history, training=header.get("training"))
@@ -1163,6 +1159,26 @@ def read_weights_and_stats(header: dict, payload: bytes, skeleton, dim: int, x_s
 
 
 _POSTERIOR_TYPES: dict[str, type] = {"DirectPosterior": DirectPosterior}
+# Model skeletons by ``config["estimator"]``: the estimator modules (a layer above) register
+# their builders when imported, so reading a file needs no import upwards.
+_MODEL_BUILDERS: dict = {}
+
+
+def register_model_builder(estimator: str, build) -> None:
+    """Let posterior files whose ``config["estimator"]`` is ``estimator`` rebuild their model.
+
+    ``build(config, dim, x_shape)`` returns the model skeleton (fresh weights) the file's
+    weights are read into; NPE, NLE and NRE register theirs when imported.
+    """
+    _MODEL_BUILDERS[estimator] = build
+
+
+def model_skeleton(config, accepted: tuple, dim: int, x_shape: tuple):
+    """The registered skeleton for ``config``, one of the ``accepted`` estimators, else ``ValueError``."""
+    name = config.get("estimator") if isinstance(config, dict) else None
+    if name not in accepted or name not in _MODEL_BUILDERS:
+        raise ValueError(f"path: the file's estimator config is not an {' or '.join(accepted)} config")
+    return _MODEL_BUILDERS[name](config, dim, x_shape)
 
 
 def register_posterior(cls: type) -> type:

@@ -11,7 +11,7 @@ import numpy as np
 import paramax
 
 from ..mcmc import nuts_sample
-from ..posterior import Posterior, read_weights_and_stats, register_posterior
+from ..posterior import Posterior, model_skeleton, read_weights_and_stats, register_posterior
 from ..trials import trial_mask
 
 __all__ = ["MCMCPosterior", "UnnormalisedEstimator", "fit_unnormalised"]
@@ -84,14 +84,9 @@ class MCMCPosterior(Posterior):
 
     @classmethod
     def _from_file(cls, header, payload, prior, history):
-        from . import nle, nre
-
         config = header.get("config")
-        builders = {"NLE": nle.model_from_config, "NRE": nre.model_from_config}
-        if not isinstance(config, dict) or config.get("estimator") not in builders:
-            raise ValueError("path: the file's estimator config is not an NLE or NRE config")
         x_shape = tuple(header["x_shape"])
-        skeleton = builders[config["estimator"]](config, prior.unconstrained_dim, x_shape)
+        skeleton = model_skeleton(config, ("NLE", "NRE"), prior.unconstrained_dim, x_shape)
         model, stats = read_weights_and_stats(header, payload, skeleton, prior.unconstrained_dim, x_shape)
         return cls(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
                    history=history, training=header.get("training"), mcmc=header.get("mcmc"))

@@ -23,6 +23,7 @@ import numpy as np
 import paramax
 
 from .._checks import check_positive_fields, check_training_settings
+from ..posterior import register_model_builder
 from .mcmc_posterior import MCMCPosterior, UnnormalisedEstimator, fit_unnormalised
 from .npe import build_flow, linear_gaussian_init
 
@@ -145,3 +146,6 @@ def _nll(model, static, batch, key):
     s_theta, x_std = batch
     model = paramax.unwrap(model)
     return -jnp.mean(jax.vmap(model.log_ratio)(s_theta, x_std))
+
+
+register_model_builder("NLE", model_from_config)

@@ -43,7 +43,7 @@ from flowjax.flows import masked_autoregressive_flow
 from .. import engine
 from .._checks import as_key, check_training_settings
 from ..embeddings import Embedding, TrialEmbedding, embedding_from_config
-from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identity_mask
+from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identity_mask, register_model_builder
 
 __all__ = ["NPE", "build_flow", "SplineCouplingStack", "ConditionalAffine",
            "linear_gaussian_init"]
@@ -751,3 +751,6 @@ def model_from_config(config: dict, dim: int, x_shape: tuple) -> NPEModel:
                       key=jax.random.key(0),
                       conditional_affine=bool(config.get("conditional_affine", False)))
     return NPEModel(flow, embedding)
+
+
+register_model_builder("NPE", model_from_config)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import paramax
 
+from ..posterior import register_model_builder
 from .mcmc_posterior import MCMCPosterior, UnnormalisedEstimator, fit_unnormalised
 from .._checks import check_positive_fields, check_training_settings
 
@@ -210,3 +211,6 @@ def _bce(model, batch, key, num_contrastive):
         shuffled = s_theta[jax.random.permutation(k, s_theta.shape[0])]
         loss = loss + jnp.mean(jax.nn.softplus(jax.vmap(model.log_ratio)(shuffled, x_std))) / num_contrastive
     return loss
+
+
+register_model_builder("NRE", model_from_config)
