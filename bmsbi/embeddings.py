@@ -72,7 +72,7 @@ class Embedding(eqx.Module):
 
     def config(self) -> dict:
         """Constructor arguments (JSON), with ``"type"``; rebuild with :func:`embedding_from_config`."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement config (a hook of bmsbi.embeddings.Embedding)")
 
     def _check(self, x):
         if x.shape != self.in_shape:

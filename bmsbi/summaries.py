@@ -519,10 +519,10 @@ class Summary:
         pass
 
     def _names(self, n_regions: int) -> list[str]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _names (a hook of bmsbi.summaries.Summary)")
 
     def _compute(self, x: jax.Array) -> jax.Array:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _compute (a hook of bmsbi.summaries.Summary)")
 
 
 # One compiled program per (statistic, shape, dtype): eager calls would otherwise compile

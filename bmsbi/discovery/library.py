@@ -71,7 +71,7 @@ class Library:
 
     @property
     def names(self) -> tuple:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement names (a hook of bmsbi.discovery.Library)")
 
     @property
     def n_terms(self) -> int:
