@@ -47,7 +47,25 @@ from ._checks import available_memory as _available_memory, format_bytes as _siz
 from ._checks import as_key, check_positive_int
 from .prior import Prior, as_prior
 
-__all__ = ["Bank", "simulate_bank", "simulate_at"]
+__all__ = ["Bank", "BankMismatchError", "simulate_bank", "simulate_at"]
+
+
+class BankMismatchError(ValueError):
+    """A bank folder was made with other arguments than the ones given, so it cannot be resumed.
+
+    A ``ValueError``; raised by :func:`simulate_bank` with ``path=``. ``differs`` lists the
+    fingerprint fields that differ (e.g. ``['chunk_size']``).
+
+    Examples
+    --------
+    >>> import bmsbi
+    >>> issubclass(bmsbi.bank.BankMismatchError, ValueError)
+    True
+    """
+
+    def __init__(self, message: str, differs=()):
+        super().__init__(message)
+        self.differs = list(differs)
 
 SCHEMA_VERSION = 1
 _FORMAT = "bmsbi.bank"
@@ -628,9 +646,9 @@ def _resume_doubt(old: Mapping, fingerprint: Mapping, folder: Path, opaque: bool
     diff = sorted(k for k in set(fingerprint) | set(stored) if fingerprint.get(k) != stored.get(k))
     others = [k for k in diff if k != "simulator_code"]  # a new shape or prior changes the trace too
     if others:
-        raise ValueError(
+        raise BankMismatchError(
             f"path: {folder} holds a bank made with other arguments (differs in {others}); "
-            "use a new path, or the original arguments to resume")
+            "use a new path, or the original arguments to resume", others)
     if "simulator_code" not in stored:
         return "the bank predates simulator fingerprints"
     if diff:
@@ -648,10 +666,10 @@ def _check_same_simulator(fn, folder: Path, c: int, manifest: Mapping, theta_fn,
     theta = np.asarray(theta_fn(idx, keys[0]))
     x = _run_chunk(fn, theta, idx, keys[1], sharding, tuple(manifest["x_shape"]))[:len(data["x"])]
     if not np.allclose(x, data["x"], rtol=1e-5, atol=1e-6, equal_nan=True):
-        raise ValueError(
+        raise BankMismatchError(
             f"simulator: computes other values than the simulator that made the bank at path {folder} "
             f"(chunk {c} simulated again differs; checked because {why}); use a new path, or the original "
-            "simulator to resume")
+            "simulator to resume", ["simulator"])
 
 
 def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chunk_size: int | None = None,

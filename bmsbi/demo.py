@@ -8,6 +8,8 @@ short text report.
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +122,17 @@ def calibration_checks(posterior, theta, x, *, key, out, num_samples: int = 200,
     return result
 
 
+def _is_task_bank(folder: Path, ref: str) -> bool:
+    """Whether ``folder`` holds only a bank's files, of task ``ref``."""
+    files = {p.name for p in folder.iterdir()}
+    if not files <= {"manifest.json"} | {f for f in files if f.startswith("chunk-") and f.endswith(".npz")}:
+        return False
+    try:
+        return json.loads((folder / "manifest.json").read_text())["meta"]["task"] == ref
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_simulations: int | None = None,
              seed: int = 0, quiet: bool = False) -> dict:
     """Run the end-to-end demo on ``task_name`` and write everything into ``out``.
@@ -135,6 +148,7 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
 
     import bmsbi
     import simulators
+    from bmsbi.bank import BankMismatchError
 
     task = simulators.get(task_name)
     out = Path(out)
@@ -145,7 +159,18 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
 
     t0 = time.perf_counter()
     # task.bank records the summary pipeline, so the posterior takes raw recordings.
-    bank = task.bank(n, k_bank, progress=not quiet, path=out / "bank")
+    try:
+        bank = task.bank(n, k_bank, progress=not quiet, path=out / "bank")
+    except BankMismatchError as exc:
+        # The demo's bank folder is the demo's own output (like the posterior and plots it
+        # overwrites): a bank of this task made with other arguments, e.g. by an older bmsbi,
+        # is replaced, loudly. Anything else in that folder is left alone.
+        if not _is_task_bank(out / "bank", task.ref):
+            raise
+        print(f"demo: replacing {out / 'bank'}: it holds a bank made with other arguments "
+              f"(differs in {exc.differs})", file=sys.stderr)
+        shutil.rmtree(out / "bank")
+        bank = task.bank(n, k_bank, progress=not quiet, path=out / "bank")
     timings["simulate"] = time.perf_counter() - t0
 
     # Hold out 10 % of the bank for calibration checks; train on the rest.

@@ -285,3 +285,29 @@ def test_tasks_lists_a_task_whose_extra_is_missing_as_unavailable(capsys, monkey
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "(unavailable)" in lines["hopf_bold_hcp"] and "bmsbi[empirical]" in lines["hopf_bold_hcp"]
     assert "a, f, sigma" in lines["hopf_node"]
+
+
+def test_a_bank_folder_of_other_arguments_is_a_bank_mismatch_error(tmp_path):
+    task = simulators.get("hopf_node")
+    task.bank(16, jax.random.key(1), chunk_size=8, path=tmp_path / "bank", progress=False)
+    with pytest.raises(bmsbi.bank.BankMismatchError, match="differs in") as err:
+        task.bank(16, jax.random.key(1), chunk_size=4, path=tmp_path / "bank", progress=False)
+    assert err.value.differs == ["chunk_size"]
+    assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.slow
+def test_demo_replaces_its_own_stale_bank_and_keeps_other_folders(tmp_path, capsys):
+    # A demo folder from an older bmsbi (other chunking) must not stop `bmsbi demo`.
+    task = simulators.get("hopf_node")
+    task.bank(40, jax.random.key(1), chunk_size=8, path=tmp_path / "demo" / "bank", progress=False)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--num-simulations", "300", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "replacing" in err and "chunk_size" in err
+    assert len(bmsbi.Bank.load(tmp_path / "demo" / "bank")) == 300
+    # A folder that is not a bank of the demo's task is never removed.
+    (tmp_path / "mine" / "bank").mkdir(parents=True)
+    task.bank(40, jax.random.key(1), chunk_size=8, path=tmp_path / "mine" / "bank", progress=False)
+    (tmp_path / "mine" / "bank" / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path / "mine"), "--num-simulations", "300", "--quiet"]) == 2
+    assert (tmp_path / "mine" / "bank" / "notes.txt").read_text() == "mine"
