@@ -25,10 +25,11 @@ References
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -37,10 +38,11 @@ import numpy as np
 import optax
 import paramax
 
-from ._checks import as_key
+from ._checks import as_key, check_positive_int, check_training_settings
 
-__all__ = ["History", "TrainState", "fit", "make_optimizer", "split_brainstate", "merge_brainstate",
-           "trainable_filter"]
+__all__ = ["Carry", "FitConfig", "FitResult", "History", "TrainState", "compiled_epochs_cached", "fit",
+           "make_optimizer", "merge_brainstate", "polyak_average", "reduce_on_plateau",
+           "split_brainstate", "trainable_filter"]
 
 STOP_PATIENCE = "patience"
 STOP_MAX_EPOCHS = "max_epochs"
@@ -293,17 +295,377 @@ def _device_mesh(devices):
     return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
+# -------------------------------------------------------------------------- config
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """The training hyperparameters of :func:`fit`, validated once.
+
+    NPE, NLE, NRE, the :class:`bmsbi.Trainer` and :func:`bmsbi.discovery.fit` build one
+    from their settings; :func:`fit` takes one (``config=``) or the same names as keywords.
+
+    Parameters
+    ----------
+    learning_rate : float, default 1e-3
+        Peak learning rate (> 0).
+    batch_size : int, default 256
+        Rows per step (clamped to the training-set size). With ``k`` devices it must be
+        a multiple of ``k``; it is rounded down to one otherwise (with a warning).
+    max_epochs : int, default 200
+    patience : int or None, default 20
+        Stop after this many epochs without an improvement of the monitored value larger
+        than ``min_delta``; ``None`` runs all ``max_epochs`` (still returning the best).
+    min_delta : float, default 0
+    validation_fraction : float in [0, 1), default 0.1
+        Share of the data held out for early stopping (ignored when ``fit`` gets
+        ``validation_data``; 0 disables early stopping).
+    clip_norm : float or None, default 5
+        Global gradient-norm clip.
+    weight_decay : float, default 0
+        Decoupled weight decay (AdamW) when positive.
+    schedule : None, str or callable
+        Learning-rate schedule over ``max_epochs * steps_per_epoch`` steps (see
+        :func:`make_optimizer`), or ``"plateau"``: multiply the step by
+        ``plateau_factor`` whenever the monitored value has not improved for
+        ``plateau_patience`` epochs (works with any optimiser).
+    plateau_patience : int, default 5
+    plateau_factor : float in (0, 1), default 0.5
+    ema_decay : float in (0, 1) or None
+        Keep an exponential moving average of the weights (Polyak averaging), updated
+        after every step with this decay (0.995 averages over about 200 steps; step
+        ``t`` uses ``min(ema_decay, (1 + t) / (10 + t))``, so short runs average recent
+        weights rather than the initial ones). Validation, early stopping, the best
+        epoch, the callbacks' ``params`` and the result then use the averaged weights;
+        training continues from the raw ones.
+    monitor : str, default "val_loss"
+        What chooses the best epoch and drives ``patience``: ``"val_loss"`` or
+        ``"val_<name>"`` for a ``metrics_fn`` quantity.
+    monitor_mode : "min" or "max", default "min"
+    keep_start : bool, default False
+        Validate the starting parameters too (with ``monitor="val_loss"`` and a
+        validation set): if no epoch beats them, they are returned
+        (``history.best_epoch == -1``). For a start that is already a fit (an estimator
+        started at the least-squares linear-Gaussian model) training then cannot leave
+        it worse.
+
+    Raises
+    ------
+    ValueError
+        Naming the field, what was expected and what came.
+
+    Examples
+    --------
+    >>> from bmsbi.engine import FitConfig
+    >>> cfg = FitConfig(learning_rate=1e-2, max_epochs=50)
+    >>> cfg.replace(batch_size=64).batch_size
+    64
+    """
+
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 200
+    patience: int | None = 20
+    min_delta: float = 0.0
+    validation_fraction: float = 0.1
+    clip_norm: float | None = 5.0
+    weight_decay: float = 0.0
+    schedule: Any = None
+    plateau_patience: int = 5
+    plateau_factor: float = 0.5
+    ema_decay: float | None = None
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"
+    keep_start: bool = False
+
+    def __post_init__(self):
+        check_training_settings(self)
+        for name in ("batch_size", "max_epochs", "plateau_patience"):
+            check_positive_int(getattr(self, name), name)
+        if not (isinstance(self.min_delta, (int, float, np.integer, np.floating))
+                and not isinstance(self.min_delta, bool) and 0 <= self.min_delta < math.inf):
+            raise ValueError(f"min_delta: expected a finite float >= 0, got {self.min_delta!r}")
+        if not (isinstance(self.plateau_factor, (int, float, np.floating))
+                and not isinstance(self.plateau_factor, bool) and 0 < self.plateau_factor < 1):
+            raise ValueError(f"plateau_factor: expected a float in (0, 1), got {self.plateau_factor!r}")
+        if not (self.schedule is None or callable(self.schedule) or self.schedule in _SCHEDULES):
+            raise ValueError(f"schedule: expected None, one of {list(_SCHEDULES)} or a callable "
+                             f"step -> learning rate, got {self.schedule!r}")
+        if not isinstance(self.monitor, str) or not self.monitor.startswith("val_"):
+            raise ValueError(f"monitor: expected 'val_loss' or 'val_<metric name>', got {self.monitor!r}")
+        if self.monitor_mode not in ("min", "max"):
+            raise ValueError(f"monitor_mode: expected 'min' or 'max', got {self.monitor_mode!r}")
+        if not isinstance(self.keep_start, (bool, np.bool_)):
+            raise ValueError(f"keep_start: expected a bool, got {self.keep_start!r}")
+
+    def replace(self, **changes) -> "FitConfig":
+        """A copy with ``changes`` applied (validated again); unknown names are refused."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"config: unknown training settings {unknown}; expected some of "
+                             f"{[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (a callable schedule as its name)."""
+        d = dataclasses.asdict(self)
+        if callable(d["schedule"]):
+            d["schedule"] = getattr(d["schedule"], "__name__", "callable")
+        return d
+
+
+_SCHEDULES = ("cosine", "warmup_cosine", "onecycle", "plateau")
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    params : pytree
+        The input ``params`` at the best epoch (the last epoch without validation; the
+        start with ``keep_start`` when no epoch beat it); fixed leaves unchanged.
+    history : History
+        Per-epoch losses and the run's sizes and stop reason.
+    state : TrainState
+        Where the run stopped: ``fit(..., resume=result.state)`` continues it.
+    """
+
+    params: Any
+    history: "History"
+    state: "TrainState"
+
+
+class Carry(NamedTuple):
+    """The compiled epoch's loop state (a named pytree).
+
+    ``params``: the raw trainable weights; ``opt_state``: the optimiser's state;
+    ``average``/``average_steps``: the moving average of the weights and its step count
+    (``None`` without ``ema_decay``); ``best``: the weights of the best epoch so far;
+    ``best_score``: their monitored value (smaller is better); ``waited``/``lr_scale``:
+    the reduce-on-plateau counter and step multiplier.
+    """
+
+    params: Any
+    opt_state: Any
+    average: Any
+    average_steps: Any
+    best: Any
+    best_score: Any
+    waited: Any
+    lr_scale: Any
+
+
+def polyak_average(average, steps, params, decay: float):
+    """One step of the weight average: ``d * average + (1 - d) * params``, ``d = min(decay, (1+t)/(10+t))``.
+
+    Over the first steps the memory is shorter, so a short run still averages recent
+    weights instead of staying near the initial ones. Returns ``(average, steps + 1)``.
+    """
+    d = jnp.minimum(decay, (1.0 + steps) / (10.0 + steps))
+    return jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, average, params), steps + 1
+
+
+def reduce_on_plateau(waited, lr_scale, improved, patience: int, factor: float):
+    """Reduce-on-plateau bookkeeping after an epoch: ``(waited, lr_scale)`` updated.
+
+    After ``patience`` epochs without improvement the step multiplier is scaled by
+    ``factor`` and the count starts again.
+    """
+    waited = jnp.where(improved, 0, waited + 1)
+    cut = waited >= patience
+    return jnp.where(cut, 0, waited), jnp.where(cut, lr_scale * factor, lr_scale)
+
+
+# -------------------------------------------------------------- compiled epochs
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything static the compiled epoch depends on (shapes aside: jit handles those)."""
+
+    loss_fn: Any
+    metrics_fn: Any
+    optimizer: Any
+    const_rest: Any
+    n_train: int
+    steps: int
+    batch_size: int
+    val_chunks: int
+    val_chunk: int
+    has_val: bool
+    metric_names: tuple
+    monitor: str
+    monitor_mode: str
+    min_delta: float
+    ema_decay: float | None
+    plateau: bool
+    plateau_patience: int
+    plateau_factor: float
+    mesh: Any
+
+
+_COMPILED: dict = {}
+_OPTIMIZERS: dict = {}
+_CACHE_SIZE = 64
+
+
+def _static_key(obj):
+    """A hashable stand-in for a static object: partials compare by function and arguments."""
+    if isinstance(obj, functools.partial):
+        return ("partial", _static_key(obj.func), tuple(_static_key(a) for a in obj.args),
+                tuple(sorted((k, _static_key(v)) for k, v in obj.keywords.items())))
+    return obj
+
+
+def _plan_key(plan: _Plan):
+    """The cache key of ``plan``, or ``None`` when part of it cannot be compared by value."""
+    leaves, treedef = jax.tree_util.tree_flatten(plan.const_rest)
+    key = tuple(_static_key(getattr(plan, f.name)) for f in dataclasses.fields(plan)
+                if f.name != "const_rest") + (treedef, tuple(_static_key(v) for v in leaves))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _remember(cache: dict, key, build):
+    """``cache[key]``, built by ``build()`` on a miss (oldest entry dropped past the size)."""
+    if key is None:
+        return build()
+    if key not in cache:
+        if len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = build()
+    return cache[key]
+
+
+def compiled_epochs_cached() -> int:
+    """How many compiled training epochs the engine holds for reuse (see :func:`fit`)."""
+    return len(_COMPILED)
+
+
+def _optimizer(cfg: FitConfig, steps: int, optimizer):
+    """The optimiser for ``cfg``: the same object for the same settings (so its epoch is reused)."""
+    plateau = cfg.schedule == "plateau"
+    args = dict(schedule=None if plateau else cfg.schedule, total_steps=steps * cfg.max_epochs,
+                weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, optimizer=optimizer)
+    key = (cfg.learning_rate, *(_static_key(v) for v in args.values()))
+    try:
+        hash(key)
+    except TypeError:
+        key = None
+    return _remember(_OPTIMIZERS, key, lambda: make_optimizer(cfg.learning_rate, **args))
+
+
+def _build_compiled(plan: _Plan):
+    """The jitted pieces of one training plan: ``init``, ``epoch`` and ``validate``."""
+    p = plan
+    if p.mesh is not None:
+        batch_sharding = jax.sharding.NamedSharding(p.mesh, jax.sharding.PartitionSpec("data"))
+        shard = lambda tree: jax.lax.with_sharding_constraint(tree, batch_sharding)  # noqa: E731
+    else:
+        shard = lambda tree: tree  # noqa: E731
+
+    def loss_of(tr, arrays, batch, k):
+        frozen_, static_ = eqx.combine(arrays, p.const_rest)
+        return p.loss_fn(eqx.combine(tr, frozen_), static_, batch, k)
+
+    grad_fn = jax.value_and_grad(loss_of)
+
+    def metrics_of(tr, arrays, batch, k):
+        frozen_, static_ = eqx.combine(arrays, p.const_rest)
+        out = p.metrics_fn(eqx.combine(tr, frozen_), static_, batch, k)
+        return {name: jnp.asarray(out[name], jnp.float32).reshape(()) for name in p.metric_names}
+
+    def train_epoch(c: Carry, arrays, train_data, k):
+        k_perm, k_steps = jax.random.split(k)
+        order = jax.random.permutation(k_perm, p.n_train)[: p.steps * p.batch_size]
+        order = order.reshape(p.steps, p.batch_size)
+
+        def step(c: Carry, inp):
+            idx, ks = inp
+            batch = shard(jax.tree_util.tree_map(lambda a: a[idx], train_data))
+            loss, grads = grad_fn(c.params, arrays, batch, ks)
+            updates, opt_state = p.optimizer.update(grads, c.opt_state, c.params)
+            if p.plateau:
+                updates = jax.tree_util.tree_map(lambda u: u * c.lr_scale, updates)
+            params = eqx.apply_updates(c.params, updates)
+            c = c._replace(params=params, opt_state=opt_state)
+            if p.ema_decay is not None:
+                avg, t = polyak_average(c.average, c.average_steps, params, p.ema_decay)
+                c = c._replace(average=avg, average_steps=t)
+            return c, loss
+
+        c, losses = jax.lax.scan(step, c, (order, jax.random.split(k_steps, p.steps)))
+        return c, jnp.mean(losses)
+
+    def validate(tr, arrays, val_data, k):
+        # Mean of equal-sized chunk losses, one scan: a single forward trace to compile.
+        chunks = jax.tree_util.tree_map(
+            lambda a: a[: p.val_chunks * p.val_chunk].reshape(p.val_chunks, p.val_chunk, *a.shape[1:]),
+            val_data)
+
+        def body(total, b):
+            b = shard(b)
+            now = (loss_of(tr, arrays, b, k), metrics_of(tr, arrays, b, k) if p.metric_names else {})
+            return jax.tree_util.tree_map(jnp.add, total, now), None
+
+        zero = (jnp.zeros(()), {name: jnp.zeros(()) for name in p.metric_names})
+        total, _ = jax.lax.scan(body, zero, chunks)
+        return jax.tree_util.tree_map(lambda t: t / p.val_chunks, total)
+
+    def epoch(c: Carry, arrays, train_data, val_data, epoch_index, key):
+        k_train, _ = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 1), epoch_index))
+        # One validation key for every epoch: a loss that draws randomness (NRE's shuffled
+        # pairs) is then compared across epochs on the same draws, so early stopping and
+        # the best-epoch choice follow the parameters, not the noise.
+        k_val = jax.random.fold_in(key, 2)
+        c, t_loss = train_epoch(c, arrays, train_data, k_train)
+        judged = c.params if p.ema_decay is None else c.average
+        if not p.has_val:
+            v_loss = jnp.asarray(jnp.nan, t_loss.dtype)
+            improved = jnp.isfinite(t_loss)
+            score = jnp.where(improved, jnp.nan_to_num(v_loss, nan=jnp.inf), c.best_score)
+            metric_values = [jnp.asarray(jnp.nan, t_loss.dtype)] * len(p.metric_names)
+        else:
+            v_loss, v_metrics = validate(judged, arrays, val_data, k_val)
+            watched = v_loss if p.monitor == "val_loss" else v_metrics[p.monitor[4:]]
+            watched = -watched if p.monitor_mode == "max" else watched
+            improved = jnp.isfinite(watched) & (watched < c.best_score - p.min_delta)
+            score = jnp.where(improved, watched, c.best_score)
+            metric_values = [v_metrics[name].astype(t_loss.dtype) for name in p.metric_names]
+        best = jax.tree_util.tree_map(lambda b, q: jnp.where(improved, q, b), c.best, judged)
+        out = jnp.stack([t_loss, v_loss, improved, c.lr_scale, *metric_values])
+        c = c._replace(best=best, best_score=score)
+        if p.plateau:
+            waited, lr_scale = reduce_on_plateau(c.waited, c.lr_scale, improved, p.plateau_patience,
+                                                 p.plateau_factor)
+            c = c._replace(waited=waited, lr_scale=lr_scale)
+        return c, out
+
+    def init(tr):
+        copy = lambda t: jax.tree_util.tree_map(lambda a: a + 0, t)  # noqa: E731
+        ema = p.ema_decay is not None
+        return Carry(params=tr, opt_state=p.optimizer.init(tr), average=copy(tr) if ema else None,
+                     average_steps=jnp.zeros((), jnp.float32) if ema else None, best=copy(tr),
+                     best_score=jnp.asarray(jnp.inf, jnp.float32), waited=jnp.zeros((), jnp.int32),
+                     lr_scale=jnp.ones((), jnp.float32))
+
+    donate = (0,) if jax.default_backend() != "cpu" else ()
+    return {"init": jax.jit(init), "epoch": jax.jit(epoch, donate_argnums=donate),
+            "validate": jax.jit(validate)}
+
+
 # ----------------------------------------------------------------------------- fit
-def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
-        learning_rate: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 256,
-        max_epochs: int = 200, validation_fraction: float = 0.1, validation_data=None,
-        patience: int | None = 20, min_delta: float = 0.0, clip_norm: float | None = 5.0,
-        schedule=None, plateau_patience: int = 5, plateau_factor: float = 0.5, devices=None,
-        progress: bool = True, desc: str = "fit", metrics_fn: Callable | None = None,
-        monitor: str = "val_loss", monitor_mode: str = "min", callbacks=(),
-        ema_decay: float | None = None, resume: "TrainState | None" = None,
-        return_state: bool = False, keep_start: bool = False):
+def fit(params, loss_fn: Callable, data, *, key, config: FitConfig | None = None, static=None,
+        optimizer=None, validation_data=None, metrics_fn: Callable | None = None, callbacks=(),
+        resume: "TrainState | None" = None, devices=None, progress: bool = True, desc: str = "fit",
+        **settings) -> FitResult:
     """Train ``params`` to minimise ``loss_fn`` over minibatches of ``data``.
+
+    The compiled epoch is built once per (loss, optimiser, static configuration) and kept
+    in a module-level cache: a later call with the same loss function (a
+    ``functools.partial`` compares by function and arguments), the same settings, static
+    structure and array shapes compiles nothing new.
 
     Parameters
     ----------
@@ -314,149 +676,110 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
     loss_fn : callable
         ``loss_fn(params, static, batch, key) -> scalar``: mean loss over ``batch``,
         a pytree like ``data`` whose arrays hold ``batch_size`` rows. ``params`` has the
-        structure of the input (fixed leaves included). Must be jittable.
+        structure of the input (fixed leaves included). Must be jittable. Define it at
+        module level (or as a ``functools.partial`` of one) so later calls reuse its
+        compiled epoch; pass arrays it needs through ``static``, not a closure.
     data : pytree of arrays
         Training data, e.g. ``(theta, x)``; all arrays share the leading axis ``n``.
     key : jax.random.key
         Drives the validation split, shuffling and the loss's key; same key, same result.
+    config : FitConfig, optional
+        The training hyperparameters; ``**settings`` (the same names as keywords)
+        override its fields. Default ``FitConfig()``.
     static : pytree, optional
-        Passed unchanged to ``loss_fn`` (a brainstate graphdef, an embedding config...).
-        Its arrays are not trained.
+        Passed unchanged to ``loss_fn`` (a brainstate graphdef, bounds, ...). Its arrays
+        are not trained; they travel as arguments of the compiled epoch.
     optimizer : optax.GradientTransformation, optional
-        Default: Adam (AdamW when ``weight_decay > 0``) at ``learning_rate``.
-    learning_rate : float, default 1e-3
-    weight_decay : float, default 0
-    batch_size : int, default 256
-        Rows per step (clamped to the training-set size). With ``k`` devices it must
-        be a multiple of ``k``; it is rounded down to one otherwise (with a warning).
-    max_epochs : int, default 200
-    validation_fraction : float, default 0.1
-        Share of ``data`` held out for early stopping (ignored when
-        ``validation_data`` is given; 0 disables early stopping).
+        Default: Adam (AdamW when ``weight_decay > 0``) at ``learning_rate`` with the
+        schedule (:func:`make_optimizer`); gradients are clipped first in either case.
     validation_data : pytree of arrays, optional
         Explicit validation set with the structure of ``data``. The validation loss
         is the mean over equal chunks of at most ``batch_size`` rows; up to
         ``chunks - 1`` trailing rows of an explicit set are left out.
-    patience : int or None, default 20
-        Stop after this many epochs without a validation improvement larger than
-        ``min_delta``; ``None`` runs all ``max_epochs`` (still returning the best).
-    clip_norm : float or None, default 5
-        Global gradient-norm clip.
-    schedule : None, str or callable
-        Learning-rate schedule over ``max_epochs * steps_per_epoch`` steps (see
-        :func:`make_optimizer`), or ``"plateau"``: multiply the step by
-        ``plateau_factor`` whenever the validation loss has not improved for
-        ``plateau_patience`` epochs (works with any ``optimizer``).
-    plateau_patience : int, default 5
-    plateau_factor : float, default 0.5
-    devices : None, int or list of devices
-        Devices for data parallelism; default all local devices.
-    progress : bool, default True
-        Show a tqdm bar (epoch, train/val loss, elapsed time).
     metrics_fn : callable, optional
         ``metrics_fn(params, static, batch, key) -> dict of scalars``, evaluated on the
         validation set after each epoch (chunk means, like the validation loss) inside the
         compiled epoch; recorded as ``history.val_metrics[name]``.
-    monitor : str, default "val_loss"
-        What chooses the best epoch and drives ``patience``: ``"val_loss"`` or
-        ``"val_<name>"`` for a ``metrics_fn`` quantity.
-    monitor_mode : "min" or "max", default "min"
-        Whether a smaller or a larger monitored value is better.
     callbacks : sequence of callables
         ``callback(epoch, logs, params) -> bool | None`` after each epoch on the host;
         ``logs`` holds ``loss``, ``val_loss`` and ``val_<name>``; ``params`` are the
-        current parameters (valid until the next epoch runs). Returning ``True`` stops
-        training (``stop_reason == "callback"``).
-    ema_decay : float in (0, 1), optional
-        Keep an exponential moving average of the weights (Polyak averaging), updated
-        after every step with this decay (0.995 averages over about 200 steps; step
-        ``t`` uses ``min(ema_decay, (1 + t) / (10 + t))``, so short runs average
-        recent weights rather than the initial ones).
-        Validation, early stopping, the best epoch, the callbacks' ``params`` and the
-        result then use the averaged weights; training continues from the raw ones.
-        The average smooths the minibatch noise of the last steps out of the result.
-        A callback with an attribute ``wants_state = True`` is also given
-        ``state=`` (a :class:`TrainState`, valid until the next epoch runs).
+        current parameters (the averaged ones with ``ema_decay``; valid until the next
+        epoch runs). Returning ``True`` stops training (``stop_reason == "callback"``).
+        A callback with an attribute ``wants_state = True`` is also given ``state=``
+        (a :class:`TrainState`, valid until the next epoch runs).
     resume : TrainState, optional
-        Continue a run where it stopped (``return_state=True`` of an earlier call, or
-        one read back from a file): its weights, optimiser state (the schedule's step
-        and the weight average included), best weights and score, patience count and
-        epoch. The run goes on to ``max_epochs`` in all. With the same ``key``,
-        ``data`` and settings as the first call, the result equals one uninterrupted
-        run. The state's arrays must match this call's parameters and optimiser
-        (a ``ValueError`` names the first that does not).
-    return_state : bool, default False
-        Also return the :class:`TrainState` at the end.
-    keep_start : bool, default False
-        Validate the starting parameters too (with ``monitor="val_loss"`` and a
-        validation set): if no epoch beats them, they are returned
-        (``history.best_epoch == -1``). For a start that is already a fit — e.g. an
-        estimator started at the least-squares linear-Gaussian model — training then
-        cannot leave it worse.
+        Continue a run where it stopped (``result.state`` of an earlier call, or one
+        read back from a file): its weights, optimiser state (the schedule's step and the
+        weight average included), best weights and score, patience count and epoch. The
+        run goes on to ``max_epochs`` in all. With the same ``key``, ``data`` and
+        settings as the first call, the result equals one uninterrupted run. The
+        state's arrays must match this call's parameters and optimiser (a ``ValueError``
+        names the first that does not).
+    devices : None, int or list of devices
+        Devices for data parallelism; default all local devices.
+    progress : bool, default True
+        Show a tqdm bar (epoch, train/val loss, elapsed time).
+    desc : str
+        The bar's label.
+    **settings
+        Fields of :class:`FitConfig` (``learning_rate``, ``batch_size``, ``max_epochs``,
+        ``patience``, ``schedule``, ``ema_decay``, ...).
 
     Returns
     -------
-    best_params : pytree
-        ``params`` at the best validation epoch (the last epoch without validation).
-    history : History
-        With ``resume`` its lists cover the epochs of this call; ``epochs`` and
-        ``best_epoch`` count from the start of the first run.
-    state : TrainState
-        Only with ``return_state=True``.
+    FitResult
+        ``params`` at the best validation epoch (the last epoch without validation),
+        the :class:`History` (with ``resume`` its lists cover the epochs of this call;
+        ``epochs`` and ``best_epoch`` count from the start of the first run) and the
+        :class:`TrainState` at the end.
 
     Examples
     --------
     >>> import jax, jax.numpy as jnp
     >>> from bmsbi.engine import fit
     >>> x = jax.random.normal(jax.random.key(0), (512, 3)); y = x @ jnp.array([1., -2., .5])
-    >>> loss = lambda p, s, b, k: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
-    >>> p, hist = fit({"w": jnp.zeros(3)}, loss, (x, y), key=jax.random.key(1),
-    ...               learning_rate=1e-1, batch_size=64, max_epochs=50, progress=False)
-    >>> bool(jnp.allclose(p["w"], jnp.array([1., -2., .5]), atol=1e-2))
+    >>> def loss(p, static, batch, key):
+    ...     return jnp.mean((batch[0] @ p["w"] - batch[1]) ** 2)
+    >>> result = fit({"w": jnp.zeros(3)}, loss, (x, y), key=jax.random.key(1),
+    ...              learning_rate=1e-1, batch_size=64, max_epochs=50, progress=False)
+    >>> bool(jnp.allclose(result.params["w"], jnp.array([1., -2., .5]), atol=1e-2))
     True
     """
     start = time.perf_counter()
     key = as_key(key)
+    if config is None:
+        config = FitConfig()
+    elif not isinstance(config, FitConfig):
+        raise ValueError(f"config: expected a bmsbi.engine.FitConfig, got {type(config).__name__}")
+    cfg = config.replace(**settings) if settings else config
     if not callable(loss_fn):
         raise ValueError(f"loss_fn: expected a callable (params, static, batch, key) -> scalar, "
                          f"got {type(loss_fn).__name__}")
-    for name, value in (("batch_size", batch_size), ("max_epochs", max_epochs)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, (int, np.integer))
-                                 or patience <= 0):
-        raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
-    if ema_decay is not None and (isinstance(ema_decay, bool) or
-                                  not isinstance(ema_decay, (float, int, np.floating))
-                                  or not 0.0 < float(ema_decay) < 1.0):
-        raise ValueError(f"ema_decay: expected None or a float in (0, 1), got {ema_decay!r}")
     n = _check_data(data, "data")
     if not trainable_filter_any(params):
         raise ValueError("params: found no trainable (floating-point) arrays to fit")
 
     # Host-side seeds from the key: no small XLA programs to compile before training.
     seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    batch_size = int(cfg.batch_size)
     if validation_data is not None:
         n_val = _check_data(validation_data, "validation_data")
         if jax.tree_util.tree_structure(validation_data) != jax.tree_util.tree_structure(data):
             raise ValueError("validation_data: expected the same pytree structure as data")
         train, val = data, validation_data
         n_train = n
-        chunking = _val_chunking(n_val, int(batch_size), _num_devices(devices))
+        chunking = _val_chunking(n_val, batch_size, _num_devices(devices))
     else:
-        if not 0.0 <= validation_fraction < 1.0:
-            raise ValueError(
-                f"validation_fraction: expected a float in [0, 1), got {validation_fraction!r}")
-        n_val = int(round(validation_fraction * n))
-        if validation_fraction > 0 and n_val == 0:
+        n_val = int(round(cfg.validation_fraction * n))
+        if cfg.validation_fraction > 0 and n_val == 0:
             n_val = 1
         # Equal validation chunks: the few leftover rows go to training instead.
-        chunking = _val_chunking(n_val, int(batch_size), _num_devices(devices))
+        chunking = _val_chunking(n_val, batch_size, _num_devices(devices))
         n_val = chunking[2]
         n_train = n - n_val
         if n_train < 1:
             raise ValueError(f"data: {n} rows leave no training rows with "
-                             f"validation_fraction={validation_fraction}")
+                             f"validation_fraction={cfg.validation_fraction}")
         perm = np.random.default_rng(seed + [0]).permutation(n)
         idx_train, idx_val = np.sort(perm[:n_train]), np.sort(perm[n_train:])
         train = jax.tree_util.tree_map(lambda a: np.asarray(a)[idx_train], data)
@@ -478,22 +801,17 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         val = jax.tree_util.tree_map(lambda a: a[:n_val_used], val)
         n_val = n_val_used
 
-    plateau = schedule == "plateau"
+    plateau = cfg.schedule == "plateau"
     if plateau and val is None:
         raise ValueError("schedule: 'plateau' needs a validation set (validation_fraction > 0 "
                          "or validation_data)")
-    optimizer = make_optimizer(learning_rate, schedule=None if plateau else schedule,
-                               total_steps=steps * max_epochs, weight_decay=weight_decay,
-                               clip_norm=clip_norm, optimizer=optimizer)
+    opt = _optimizer(cfg, steps, optimizer)
 
     trainable, frozen = _partition(params)
-    # Arrays of `frozen`/`static` travel as jit arguments; the rest is closed over.
-    consts = (frozen, static)
-    const_arrays, const_rest = eqx.partition(consts, eqx.is_array)
+    # Arrays of `frozen`/`static` travel as jit arguments; the rest is part of the plan.
+    const_arrays, const_rest = eqx.partition((frozen, static), eqx.is_array)
 
-    if monitor_mode not in ("min", "max"):
-        raise ValueError(f"monitor_mode: expected 'min' or 'max', got {monitor_mode!r}")
-    metric_names = []
+    metric_names = ()
     if metrics_fn is not None and val is not None:
         # Names (and a trace check) from shapes alone: nothing is compiled here.
         def metrics_shapes(tr, arrays, batch):
@@ -503,161 +821,68 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         shapes = jax.eval_shape(metrics_shapes, trainable, const_arrays, sample)
         if not isinstance(shapes, dict):
             raise ValueError(f"metrics_fn: expected a dict of scalars, got {type(shapes).__name__}")
-        metric_names = sorted(shapes)
-    if val is not None and monitor != "val_loss" and monitor[4:] not in metric_names:
+        metric_names = tuple(sorted(shapes))
+    if val is not None and cfg.monitor != "val_loss" and cfg.monitor[4:] not in metric_names:
         raise ValueError(f"monitor: expected 'val_loss' or one of "
-                         f"{['val_' + m for m in metric_names]}, got {monitor!r}")
+                         f"{['val_' + m for m in metric_names]}, got {cfg.monitor!r}")
+
+    plan = _Plan(loss_fn=loss_fn, metrics_fn=metrics_fn if metric_names else None, optimizer=opt,
+                 const_rest=const_rest, n_train=int(n_train), steps=int(steps),
+                 batch_size=batch_size, val_chunks=val_chunks, val_chunk=val_chunk,
+                 has_val=val is not None, metric_names=metric_names, monitor=cfg.monitor,
+                 monitor_mode=cfg.monitor_mode, min_delta=float(cfg.min_delta),
+                 ema_decay=None if cfg.ema_decay is None else float(cfg.ema_decay), plateau=plateau,
+                 plateau_patience=int(cfg.plateau_patience), plateau_factor=float(cfg.plateau_factor),
+                 mesh=mesh)
+    compiled = _remember(_COMPILED, _plan_key(plan), lambda: _build_compiled(plan))
 
     if mesh is not None:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
         put = lambda tree: jax.device_put(tree, replicated)  # noqa: E731
-        shard = lambda tree: jax.lax.with_sharding_constraint(tree, batch_sharding)  # noqa: E731
     else:
         put = lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)  # noqa: E731
-        shard = lambda tree: tree  # noqa: E731
-
-    def loss_of(tr, arrays, batch, k):
-        frozen_, static_ = eqx.combine(arrays, const_rest)
-        return loss_fn(eqx.combine(tr, frozen_), static_, batch, k)
-
-    grad_fn = jax.value_and_grad(loss_of)
-
-    def take(tree, idx):
-        return shard(jax.tree_util.tree_map(lambda a: a[idx], tree))
-
-    def averaged(opt_state):  # (optimiser state, (moving average, steps)) -> the average
-        return opt_state[1][0]
-
-    def train_epoch(tr, opt_state, arrays, train_data, k, lr_scale):
-        k_perm, k_steps = jax.random.split(k)
-        order = jax.random.permutation(k_perm, n_train)[: steps * batch_size]
-        order = order.reshape(steps, batch_size)
-
-        def step(carry, inp):
-            tr_, st_ = carry
-            idx, ks = inp
-            loss, grads = grad_fn(tr_, arrays, take(train_data, idx), ks)
-            opt_st, ema = st_
-            updates, opt_st = optimizer.update(grads, opt_st, tr_)
-            if plateau:
-                updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
-            tr_ = eqx.apply_updates(tr_, updates)
-            if ema_decay is not None:  # Polyak averaging of the weights
-                avg, t = ema
-                # A shorter memory over the first steps: short runs still average recent
-                # weights instead of staying near the initial ones.
-                d = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
-                ema = (jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, avg, tr_), t + 1)
-            return (tr_, (opt_st, ema)), loss
-
-        (tr, opt_state), losses = jax.lax.scan(
-            step, (tr, opt_state), (order, jax.random.split(k_steps, steps)))
-        return tr, opt_state, jnp.mean(losses)
-
-    def metrics_of(tr, arrays, batch, k):
-        frozen_, static_ = eqx.combine(arrays, const_rest)
-        out = metrics_fn(eqx.combine(tr, frozen_), static_, batch, k)
-        return {name: jnp.asarray(out[name], jnp.float32).reshape(()) for name in metric_names}
-
-    def val_loss(tr, arrays, val_data, k):
-        # Mean of equal-sized chunk losses, one scan: a single forward trace to compile.
-        chunks = jax.tree_util.tree_map(
-            lambda a: a[: val_chunks * val_chunk].reshape(val_chunks, val_chunk, *a.shape[1:]),
-            val_data)
-
-        def body(total, b):
-            b = shard(b)
-            now = (loss_of(tr, arrays, b, k),
-                   metrics_of(tr, arrays, b, k) if metric_names else {})
-            return jax.tree_util.tree_map(jnp.add, total, now), None
-
-        zero = (jnp.zeros(()), {name: jnp.zeros(()) for name in metric_names})
-        total, _ = jax.lax.scan(body, zero, chunks)
-        return jax.tree_util.tree_map(lambda t: t / val_chunks, total)
-
-    def epoch_fn(state, arrays, train_data, val_data, epoch):
-        tr, opt_state, best, best_val, (waited, lr_scale) = state
-        k_epoch = jax.random.fold_in(jax.random.fold_in(key, 1), epoch)
-        k_train, _ = jax.random.split(k_epoch)
-        # One validation key for every epoch: a loss that draws randomness (NRE's shuffled
-        # pairs) is then compared across epochs on the same draws, so early stopping and
-        # the best-epoch choice follow the parameters, not the noise.
-        k_val = jax.random.fold_in(key, 2)
-        tr, opt_state, t_loss = train_epoch(tr, opt_state, arrays, train_data, k_train, lr_scale)
-        judged = tr if ema_decay is None else averaged(opt_state)
-        if val_data is None:
-            v_loss = jnp.asarray(jnp.nan, t_loss.dtype)
-            improved = jnp.isfinite(t_loss)
-        else:
-            v_loss, v_metrics = val_loss(judged, arrays, val_data, k_val)
-            watched = v_loss if monitor == "val_loss" else v_metrics[monitor[4:]]
-            watched = -watched if monitor_mode == "max" else watched
-            improved = jnp.isfinite(watched) & (watched < best_val - min_delta)
-        best = jax.tree_util.tree_map(lambda b, p: jnp.where(improved, p, b), best, judged)
-        if val_data is None:
-            best_val = jnp.where(improved, jnp.nan_to_num(v_loss, nan=jnp.inf), best_val)
-            metric_values = [jnp.asarray(jnp.nan, t_loss.dtype)] * len(metric_names)
-        else:
-            best_val = jnp.where(improved, watched, best_val)
-            metric_values = [v_metrics[name].astype(t_loss.dtype) for name in metric_names]
-        out = jnp.stack([t_loss, v_loss, improved, lr_scale, *metric_values])
-        if plateau:  # reduce on plateau: scale the steps down after `plateau_patience` flat epochs
-            waited = jnp.where(improved, 0, waited + 1)
-            cut = waited >= plateau_patience
-            lr_scale = jnp.where(cut, lr_scale * plateau_factor, lr_scale)
-            waited = jnp.where(cut, 0, waited)
-        return (tr, opt_state, best, best_val, (waited, lr_scale)), out
-
-    donate = (0,) if jax.default_backend() != "cpu" else ()
-    epoch_jit = jax.jit(epoch_fn, donate_argnums=donate)
 
     trainable = put(trainable)
     # One compiled call builds the optimiser state and a separate copy for the best params.
-    state = jax.jit(lambda tr: (tr, (optimizer.init(tr), (jax.tree_util.tree_map(
-                                    lambda a: a + 0, tr), jnp.zeros((), jnp.float32))
-                                    if ema_decay is not None else None),
-                                jax.tree_util.tree_map(lambda a: a + 0, tr),
-                                jnp.asarray(jnp.inf, jnp.float32),
-                                (jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32))))(trainable)
+    carry = compiled["init"](trainable)
     first_epoch, since_best = 0, 0
     if resume is not None:
-        state = _resumed_carry(resume, state)
+        carry = _resumed_carry(resume, carry)
         first_epoch, since_best = int(resume.epoch), int(resume.since_best)
-        if not 0 <= first_epoch <= max_epochs:
+        if not 0 <= first_epoch <= cfg.max_epochs:
             raise ValueError(f"resume: the state has {first_epoch} epochs done; expected at "
-                             f"most max_epochs={max_epochs}")
-    state = put(state)
-    const_arrays = put(const_arrays)
-    train = put(train)
+                             f"most max_epochs={cfg.max_epochs}")
+    carry = put(carry)
+    const_arrays, train = put(const_arrays), put(train)
     val = put(val) if val is not None else None
     start_val = math.nan
-    if keep_start and resume is None and val is not None and monitor == "val_loss":
-        v0 = jax.jit(val_loss)(state[0], const_arrays, val, jax.random.fold_in(key, 2))[0]
+    if cfg.keep_start and resume is None and val is not None and cfg.monitor == "val_loss":
+        v0 = compiled["validate"](carry.params, const_arrays, val, jax.random.fold_in(key, 2))[0]
         if bool(jnp.isfinite(v0)):
             start_val = float(v0)
-            state = put((*state[:3], jnp.asarray(v0, jnp.float32), *state[4:]))
+            carry = put(carry._replace(best_score=jnp.asarray(v0, jnp.float32)))
 
     history = History(num_train=int(n_train), num_val=int(n_val), batch_size=batch_size,
                       steps_per_epoch=int(steps), num_devices=num_devices,
-                      monitor=monitor if val is not None else "train_loss")
+                      monitor=cfg.monitor if val is not None else "train_loss")
     if resume is not None:
         history.epochs, history.best_epoch = first_epoch, int(resume.best_epoch)
         history.best_val_loss = float(resume.best_val_loss)
     elif math.isfinite(start_val):
         history.best_val_loss = start_val  # best_epoch -1: the start, until an epoch beats it
-    bar = _progress_bar(max_epochs, desc, progress)
+    bar = _progress_bar(cfg.max_epochs, desc, progress)
     if bar is not None and first_epoch:
         bar.update(first_epoch)
     stop = STOP_MAX_EPOCHS
 
     def snapshot(epoch_count):
-        return TrainState(epoch=epoch_count, carry=state, since_best=since_best,
+        return TrainState(epoch=epoch_count, carry=carry, since_best=since_best,
                           best_epoch=history.best_epoch, best_val_loss=history.best_val_loss)
 
     try:
-        for epoch in range(first_epoch, max_epochs):
-            state, out = epoch_jit(state, const_arrays, train, val, jnp.asarray(epoch, jnp.int32))
+        for epoch in range(first_epoch, cfg.max_epochs):
+            carry, out = compiled["epoch"](carry, const_arrays, train, val,
+                                           jnp.asarray(epoch, jnp.int32), key)
             t_loss, v_loss, improved, lr_scale, *m_vals = (float(v) for v in np.asarray(out))  # one transfer
             history.train_loss.append(t_loss)
             history.lr_scale.append(lr_scale)
@@ -682,13 +907,14 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
             if not math.isfinite(t_loss):
                 stop = STOP_NONFINITE
                 break
-            if val is not None and patience is not None and since_best >= patience:
+            if val is not None and cfg.patience is not None and since_best >= cfg.patience:
                 stop = STOP_PATIENCE
                 break
             if callbacks:
                 logs = {"loss": t_loss, "val_loss": v_loss,
                         **{f"val_{k}": v for k, v in zip(metric_names, m_vals)}}
-                params_now = eqx.combine(state[0] if ema_decay is None else averaged(state[1]), frozen)
+                now = carry.params if cfg.ema_decay is None else carry.average
+                params_now = eqx.combine(now, frozen)
                 if any([bool(cb(epoch, logs, params_now, state=snapshot(epoch + 1))
                              if getattr(cb, "wants_state", False) else cb(epoch, logs, params_now))
                         for cb in callbacks]):
@@ -700,30 +926,29 @@ def fit(params, loss_fn: Callable, data, *, key, static=None, optimizer=None,
         if bar is not None:
             bar.close()
 
-    # state[2] starts as a copy of the initial parameters and changes only on improvement
+    # carry.best starts as a copy of the initial parameters and changes only on improvement
     # (without validation data: on every epoch with a finite training loss).
-    best = state[2]
+    best = carry.best
     history.stop_reason = stop
     history.wall_time = time.perf_counter() - start
     if mesh is not None:  # hand back ordinary single-device arrays
         best = jax.device_put(best, jax.local_devices()[0])
-    if return_state:
-        return eqx.combine(best, frozen), history, snapshot(history.epochs)
-    return eqx.combine(best, frozen), history
+    return FitResult(params=eqx.combine(best, frozen), history=history, state=snapshot(history.epochs))
 
 
 @dataclasses.dataclass
 class TrainState:
-    """Where a run of :func:`fit` stopped; ``fit(..., resume=state)`` continues it.
+    """Where a run of :func:`fit` stopped (``result.state``); ``fit(..., resume=state)`` continues it.
 
     Attributes
     ----------
     epoch : int
         Epochs done.
-    carry : pytree of arrays
-        The compiled loop's state: raw trainable weights, optimiser state (with the
-        moving average of the weights), best weights, best monitored score, plateau
-        counters. A flat list of its leaves (as read back from a file) is accepted too.
+    carry : Carry
+        The compiled loop's state (:class:`Carry`: raw trainable weights, optimiser
+        state, moving average of the weights, best weights, best monitored score,
+        plateau counters). A flat list of its leaves (as read back from a file, also one
+        written before the carry had names: the leaf order is the same) is accepted too.
     since_best : int
         Epochs since the last improvement (the patience count).
     best_epoch : int

@@ -120,7 +120,7 @@ def check_bank_prior(bank, prior):
             f"bank: {int(bad.sum())} of {len(bad)} rows hold NaN or inf (in theta or x); drop "
             "them first, e.g. bmsbi.Bank(bank.theta[ok], bank.x[ok]) with ok the finite rows "
             "(simulate_bank drops them for you)")
-    outside = ~np.asarray(jax.jit(prior.in_support)(jnp.asarray(theta, jnp.float32)))
+    outside = ~np.asarray(prior.jitted("in_support")(jnp.asarray(theta, jnp.float32)))
     if outside.any():
         raise ValueError(
             f"bank: {int(outside.sum())} rows have theta outside the prior's support; the "
@@ -896,7 +896,7 @@ class Posterior:
             draws = np.asarray(self.sample(k_post, one, total))              # (total, d)
         lp = np.asarray(self.log_prob(draws, one))
         prior_draws = np.asarray(self.prior.sample(k_prior, num_prior_samples))
-        prior_lp = np.asarray(jax.jit(self.prior.log_prob)(prior_draws))
+        prior_lp = np.asarray(self.prior.jitted("log_prob")(prior_draws))
 
         def chains(a):  # (total, ...) -> (chain, draw, ...), draw j in chain j % num_chains
             return np.swapaxes(a.reshape(num_samples, num_chains, *a.shape[1:]), 0, 1)

@@ -20,9 +20,11 @@ code; the spec is validated when it is read.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import warnings
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +36,8 @@ from numpyro.distributions.transforms import Transform, biject_to
 from ._checks import as_key, real_array
 
 __all__ = ["Prior"]
+
+_JITTED: dict = {}  # (prior, method, fixed arguments) -> compiled function (Prior.jitted)
 
 # Families a prior spec may name, with the constructor arguments stored for each.
 # A spec naming anything else is refused: files are data, never code.
@@ -614,6 +618,18 @@ class Prior:
                 total = total + t.log_abs_det_jacobian(v, t(v))
         return total
 
+    def unconstrained_columns(self) -> tuple:
+        """Per column of ``theta``: its index in the unconstrained vector (a scalar parameter) or ``None`` (a block's coordinate).
+
+        Examples
+        --------
+        >>> import bmsbi, numpyro.distributions as dist
+        >>> bmsbi.Prior({"a": dist.Uniform(0., 1.), "b": dist.Normal(0., 1.)}).unconstrained_columns()
+        (0, 1)
+        """
+        return tuple(c for e in self._entries
+                     for c in ((None,) * len(e.coords) if e.block else (e.zcols.start,)))
+
     # ------------------------------------------------------------------ misc
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper support bounds per column (``±inf`` where unbounded)."""
@@ -634,7 +650,39 @@ class Prior:
     def __eq__(self, other):
         return isinstance(other, Prior) and self.to_dict() == other.to_dict()
 
-    __hash__ = None
+    def __hash__(self):  # equal priors (same JSON spec) hash alike
+        if getattr(self, "_spec_hash", None) is None:
+            self._spec_hash = hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+        return self._spec_hash
+
+    def jitted(self, method: str, **fixed) -> Callable:
+        """``getattr(self, method)`` (with keyword arguments ``fixed``) compiled once for all equal priors.
+
+        A new but equal prior (e.g. the same spec read from a file) reuses the compiled
+        function, so repeated fits and checks compile nothing new. Array values in
+        ``fixed`` are compared by content.
+
+        Examples
+        --------
+        >>> import bmsbi, jax.numpy as jnp
+        >>> prior = bmsbi.Prior.uniform([0., 0.], [1., 1.])
+        >>> bool(prior.jitted("in_support")(jnp.array([[0.5, 0.5]]))[0])
+        True
+        >>> bmsbi.Prior.uniform([0., 0.], [1., 1.]).jitted("in_support") is prior.jitted("in_support")
+        True
+        """
+        if method not in ("in_support", "log_prob", "to_unconstrained", "from_unconstrained",
+                          "log_det_jacobian"):
+            raise ValueError(f"method: expected one of in_support, log_prob, to_unconstrained, "
+                             f"from_unconstrained, log_det_jacobian, got {method!r}")
+        frozen = tuple(sorted((k, tuple(np.asarray(v).ravel().tolist()) if np.ndim(v) else v)
+                              for k, v in fixed.items()))
+        key = (self, method, frozen)
+        if key not in _JITTED:
+            if len(_JITTED) >= 256:
+                _JITTED.pop(next(iter(_JITTED)))
+            _JITTED[key] = jax.jit(functools.partial(getattr(self, method), **fixed))
+        return _JITTED[key]
 
     def __repr__(self):
         parts = ", ".join(

@@ -490,16 +490,18 @@ class Trainer:
             raise ValueError(f"EarlyStopping.monitor: expected 'val_loss' or one of "
                              f"{['val_' + m for m in self.metrics]}, got {monitor!r}")
 
-        best, record, self.train_state = engine.fit(
-            self.params, self._loss_fn, (x, y), key=key, static=self._rest,
-            optimizer=self.optimizer, clip_norm=None, batch_size=batch_size, max_epochs=epochs,
-            validation_fraction=fraction, validation_data=val, patience=patience,
-            min_delta=min_delta, metrics_fn=self._metrics_fn if self.metrics else None,
-            monitor=monitor, monitor_mode=mode, callbacks=tuple(plain), progress=progress,
-            desc="Trainer.fit", ema_decay=ema_decay,
-            resume=self.train_state if resume is not False else None, return_state=True)
-        self.set_params(best)
-        return TrainingHistory(record)
+        config = engine.FitConfig(clip_norm=None, batch_size=batch_size, max_epochs=epochs,
+                                  validation_fraction=fraction, patience=patience, min_delta=min_delta,
+                                  monitor=monitor, monitor_mode=mode, ema_decay=ema_decay)
+        result = engine.fit(
+            self.params, self._loss_fn, (x, y), key=key, static=self._rest, optimizer=self.optimizer,
+            config=config, validation_data=val,
+            metrics_fn=self._metrics_fn if self.metrics else None, callbacks=tuple(plain),
+            progress=progress, desc="Trainer.fit",
+            resume=self.train_state if resume is not False else None)
+        self.train_state = result.state
+        self.set_params(result.params)
+        return TrainingHistory(result.history)
 
     # ----------------------------------------------------------------- after training
     def set_params(self, params):

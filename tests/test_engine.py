@@ -37,8 +37,9 @@ def _zeros():
 
 def test_linear_regression_recovers_coefficients():
     x, y = _regression()
-    params, hist = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), learning_rate=3e-2,
+    _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), learning_rate=3e-2,
                        batch_size=64, max_epochs=40, progress=False)
+    params, hist = _r.params, _r.history
     np.testing.assert_allclose(params["w"], W_TRUE, atol=0.02)
     assert abs(float(params["b"]) - 0.3) < 0.02
     # noise variance is 0.01: the validation loss reaches it
@@ -60,9 +61,10 @@ def test_early_stopping_restores_best_params():
         xb, yb = batch
         return jnp.mean((xb[:, 0] * p["w"] - yb) ** 2)
 
-    params, hist = fit({"w": jnp.zeros(())}, loss, (x, 2 * x[:, 0]), key=jax.random.key(0),
+    _r = fit({"w": jnp.zeros(())}, loss, (x, 2 * x[:, 0]), key=jax.random.key(0),
                        validation_data=(xv, xv[:, 0]), learning_rate=1e-2, batch_size=32,
                        max_epochs=200, patience=5, progress=False)
+    params, hist = _r.params, _r.history
     assert hist.stop_reason == "patience"
     assert hist.best_epoch < hist.epochs - 1
     assert hist.epochs == hist.best_epoch + 1 + 5
@@ -75,9 +77,12 @@ def test_early_stopping_restores_best_params():
 def test_same_key_same_result_different_key_differs():
     x, y = _regression(n=1024)
     kw = dict(learning_rate=1e-2, batch_size=100, max_epochs=5, progress=False)
-    p1, h1 = fit(_zeros(), _mse, (x, y), key=jax.random.key(3), **kw)
-    p2, h2 = fit(_zeros(), _mse, (x, y), key=jax.random.key(3), **kw)
-    p3, h3 = fit(_zeros(), _mse, (x, y), key=jax.random.key(4), **kw)
+    _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(3), **kw)
+    p1, h1 = _r.params, _r.history
+    _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(3), **kw)
+    p2, h2 = _r.params, _r.history
+    _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(4), **kw)
+    p3, h3 = _r.params, _r.history
     assert h1.train_loss == h2.train_loss and h1.val_loss == h2.val_loss
     np.testing.assert_array_equal(p1["w"], p2["w"])
     assert h1.train_loss != h3.train_loss
@@ -85,9 +90,10 @@ def test_same_key_same_result_different_key_differs():
 
 def test_no_validation_returns_last_and_schedule():
     x, y = _regression(n=512)
-    params, hist = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), validation_fraction=0.0,
+    _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), validation_fraction=0.0,
                        learning_rate=5e-2, schedule="cosine", batch_size=64, max_epochs=30,
                        progress=False)
+    params, hist = _r.params, _r.history
     assert hist.val_loss == [] and hist.num_val == 0
     assert hist.best_epoch == hist.epochs - 1 == 29
     assert hist.stop_reason == "max_epochs"
@@ -98,9 +104,10 @@ def test_no_validation_returns_last_and_schedule():
 def test_named_schedules_run_a_single_step(schedule):
     # One epoch of one minibatch: every named schedule must still give a finite step.
     x, y = _regression(n=64)
-    params, hist = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), validation_fraction=0.0,
+    _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), validation_fraction=0.0,
                        learning_rate=1e-2, schedule=schedule, batch_size=64, max_epochs=1,
                        progress=False)
+    params, hist = _r.params, _r.history
     assert hist.epochs == 1 and np.isfinite(hist.train_loss[0])
     assert np.all(np.asarray(params["w"]) != 0.0)  # the step moved the weights
 
@@ -108,9 +115,10 @@ def test_named_schedules_run_a_single_step(schedule):
 def test_nonfinite_loss_stops_and_keeps_finite_params():
     x, y = _regression(n=512)
     x = x * 1e3  # with lr 10 and no clipping the iterates blow up
-    params, hist = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), learning_rate=10.0,
+    _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), learning_rate=10.0,
                        clip_norm=None, batch_size=64, max_epochs=50, patience=None,
                        optimizer=__import__("optax").sgd(10.0), progress=False)
+    params, hist = _r.params, _r.history
     assert hist.stop_reason == "non-finite loss"
     assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree_util.tree_leaves(params))
 
@@ -129,8 +137,9 @@ def test_equinox_module_nontrainable_leaves_stay_fixed():
     def loss(m, s, batch, k):
         return jnp.mean((paramax.unwrap(m)(batch[0]) - batch[1]) ** 2)
 
-    out, _ = fit(model, loss, (x, y), key=jax.random.key(0), learning_rate=3e-2, batch_size=64,
+    _r = fit(model, loss, (x, y), key=jax.random.key(0), learning_rate=3e-2, batch_size=64,
                  max_epochs=30, progress=False)
+    out, _ = _r.params, _r.history
     assert isinstance(out, Model)
     assert float(paramax.unwrap(out.offset)) == pytest.approx(0.3)
     np.testing.assert_allclose(out.w, W_TRUE, atol=0.03)
@@ -147,8 +156,9 @@ def test_brainstate_linear_round_trip():
         model = merge_brainstate(p, s)
         return jnp.mean((model(batch[0])[:, 0] - batch[1]) ** 2)
 
-    best, hist = fit(params, loss, (x, y), key=jax.random.key(0), static=static,
+    _r = fit(params, loss, (x, y), key=jax.random.key(0), static=static,
                      learning_rate=3e-2, batch_size=64, max_epochs=40, progress=False)
+    best, hist = _r.params, _r.history
     trained = merge_brainstate(best, static)
     assert isinstance(trained, brainstate.nn.Linear)
     np.testing.assert_allclose(np.asarray(trained.weight.value["weight"])[:, 0], W_TRUE, atol=0.03)
@@ -159,8 +169,9 @@ def test_brainstate_linear_round_trip():
 
 def test_history_round_trips_through_json():
     x, y = _regression(n=256)
-    _, hist = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), batch_size=32, max_epochs=3,
+    _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), batch_size=32, max_epochs=3,
                   progress=False)
+    _, hist = _r.params, _r.history
     d = json.loads(json.dumps(hist.to_dict()))
     again = History.from_dict(d)
     assert again.train_loss == hist.train_loss and again.stop_reason == hist.stop_reason
@@ -201,9 +212,10 @@ def test_weight_average_removes_minibatch_noise():
     exact = np.linalg.lstsq(design, y, rcond=None)[0]
     err = {}
     for decay in (None, 0.99):
-        p, hist = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), learning_rate=5e-2,
+        _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), learning_rate=5e-2,
                       batch_size=16, max_epochs=4, validation_fraction=0.0, clip_norm=None,
                       progress=False, ema_decay=decay)
+        p, hist = _r.params, _r.history
         err[decay] = np.linalg.norm(np.r_[np.asarray(p["w"]), float(p["b"])] - exact)
     assert err[0.99] < 0.3 * err[None], err
     assert err[0.99] < 0.06, err
@@ -213,9 +225,10 @@ def test_weight_average_of_a_short_run_is_not_the_initial_weights():
     # 160 steps with decay 0.999: a plain average would still be 85 % the zeros it
     # started from; the shorter early memory averages the trained weights.
     x, y = _regression()
-    p, _ = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), learning_rate=3e-2,
+    _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), learning_rate=3e-2,
                batch_size=64, max_epochs=5, validation_fraction=0.0, progress=False,
                ema_decay=0.999)
+    p, _ = _r.params, _r.history
     np.testing.assert_allclose(np.asarray(p["w"]), W_TRUE, atol=0.05)
 
 
@@ -225,15 +238,18 @@ def test_resumed_run_equals_the_uninterrupted_one():
     x, y = _regression(noise=0.5)
     common = dict(key=jax.random.key(3), learning_rate=3e-2, batch_size=64, max_epochs=10,
                   schedule="warmup_cosine", ema_decay=0.99, patience=50, progress=False)
-    p_all, h_all = fit(_zeros(), _mse, (x, y), **common)
+    _r = fit(_zeros(), _mse, (x, y), **common)
+    p_all, h_all = _r.params, _r.history
     stop_early = lambda epoch, logs, params: epoch == 3  # noqa: E731
-    _, h_a, state = fit(_zeros(), _mse, (x, y), callbacks=[stop_early], return_state=True,
+    _r = fit(_zeros(), _mse, (x, y), callbacks=[stop_early],
                         **common)
+    _, h_a, state = _r.params, _r.history, _r.state
     assert h_a.epochs == 4 and state.epoch == 4
     # Through a file, as Trainer checkpoints store it: a flat list of NumPy leaves.
     flat = TrainState(epoch=state.epoch, carry=state.leaves(), since_best=state.since_best,
                       best_epoch=state.best_epoch, best_val_loss=state.best_val_loss)
-    p_b, h_b = fit(_zeros(), _mse, (x, y), resume=flat, **common)
+    _r = fit(_zeros(), _mse, (x, y), resume=flat, **common)
+    p_b, h_b = _r.params, _r.history
     assert h_b.epochs == 10 and len(h_b.train_loss) == 6
     np.testing.assert_allclose(h_a.train_loss + h_b.train_loss, h_all.train_loss, rtol=1e-5)
     np.testing.assert_allclose(h_a.val_loss + h_b.val_loss, h_all.val_loss, rtol=1e-5)
@@ -244,8 +260,9 @@ def test_resumed_run_equals_the_uninterrupted_one():
 
 def test_resume_state_must_match_the_run():
     x, y = _regression()
-    _, _, state = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), max_epochs=2,
-                      progress=False, return_state=True)
+    _r = fit(_zeros(), _mse, (x, y), key=jax.random.key(0), max_epochs=2,
+                      progress=False)
+    _, _, state = _r.params, _r.history, _r.state
     with pytest.raises(ValueError, match="resume: the state holds"):  # ema adds arrays
         fit(_zeros(), _mse, (x, y), key=jax.random.key(0), max_epochs=4, progress=False,
             ema_decay=0.9, resume=state)
@@ -273,8 +290,9 @@ _DP_SCRIPT = textwrap.dedent("""
     p0 = {"w1": jax.random.normal(jax.random.key(1), (3, 16)) * 0.5, "w2": jnp.zeros((16, 1))}
     out = {}
     for dev in (1, 4):
-        p, h = fit(p0, loss, (x, y), key=jax.random.key(2), devices=dev, batch_size=128,
+        _r = fit(p0, loss, (x, y), key=jax.random.key(2), devices=dev, batch_size=128,
                    learning_rate=1e-2, max_epochs=8, progress=False)
+        p, h = _r.params, _r.history
         out[dev] = {"train": h.train_loss, "val": h.val_loss, "devices": h.num_devices,
                     "w2": np.asarray(p["w2"]).ravel().tolist()}
     print("RESULT" + json.dumps(out))

@@ -509,8 +509,8 @@ def fit(data, dt, *, library: Library, method: str = "derivative", key=0,
     steps = max(n_rows // bs, 1) * epochs
     histories = []
 
-    # one loss and one optimiser object for every round (an engine that caches its
-    # compiled epoch by these objects would then compile once)
+    # one loss and one optimiser object for every round: the engine caches its compiled
+    # epoch by them, so every round after the first reuses it
     loss_fn = _ensemble_loss(member_loss)
     opt = _optimizer(lr, steps, scale)
 
@@ -518,13 +518,13 @@ def fit(data, dt, *, library: Library, method: str = "derivative", key=0,
         p = jax.tree_util.tree_map(lambda _: jnp.asarray(xi_init, jnp.float32), params)
         st = (static, jnp.asarray(mask, jnp.float32), jnp.asarray(scale, jnp.float32),
               jnp.asarray(pen, jnp.float32))
-        best, hist = engine.fit(
-            p, loss_fn, train_data, key=jax.random.fold_in(key, round_index),
-            static=st, optimizer=opt, clip_norm=None, batch_size=bs, max_epochs=epochs,
-            validation_fraction=0.0, patience=None, progress=progress,
-            desc=f"discovery {method} round {round_index}")
-        histories.append(hist)
-        out = np.asarray(jax.tree_util.tree_leaves(best)[0], float)
+        result = engine.fit(
+            p, loss_fn, train_data, key=jax.random.fold_in(key, round_index), static=st,
+            optimizer=opt, config=engine.FitConfig(clip_norm=None, batch_size=bs, max_epochs=epochs,
+                                                   validation_fraction=0.0, patience=None),
+            progress=progress, desc=f"discovery {method} round {round_index}")
+        histories.append(result.history)
+        out = np.asarray(jax.tree_util.tree_leaves(result.params)[0], float)
         return out * mask
 
     # Round 1 screens the full library with the L1 penalty; later rounds refit the active

@@ -609,7 +609,7 @@ class NPE:
                 f"in_shape={x_shape}")
 
         identity = identity_mask(prior, self.theta_space)  # these keep their own coordinates
-        z = np.asarray(jax.jit(functools.partial(prior.to_unconstrained, keep=identity))(theta),
+        z = np.asarray(prior.jitted("to_unconstrained", keep=identity)(theta),
                        dtype=np.float64)
         stats = standardisation(z, x.reshape((-1,) + x_shape), self._z_mode(x_shape))
         s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
@@ -631,27 +631,28 @@ class NPE:
         model = NPEModel(flow, embedding)
 
         loss = functools.partial(_nll, noise=float(self.summary_noise), subsets=bool(trials))
+        box = None
         if self.truncation_fraction > 0 and identity.any():
-            mean, sd = (jnp.asarray(stats[k], jnp.float32) for k in ("theta_mean", "theta_std"))
-
-            def inside(s):
-                return prior.in_support(prior.from_unconstrained(s * sd + mean, keep=identity))
-
-            loss = functools.partial(_nll, inside=inside, fraction=self.truncation_fraction,
+            box = support_box(prior, identity, stats)
+            loss = functools.partial(_nll, fraction=float(self.truncation_fraction),
                                      noise=float(self.summary_noise), subsets=bool(trials))
-        model, history = engine.fit(
-            model, loss, (s_theta, x_std), key=k_fit, learning_rate=self.learning_rate,
-            batch_size=self.batch_size, max_epochs=self.epochs_for(len(theta)),
-            patience=self.patience,
-            validation_fraction=self.validation_fraction, clip_norm=self.clip_norm,
-            weight_decay=self.weight_decay, schedule=self.schedule, progress=progress,
-            desc="NPE", ema_decay=self.ema_decay)
+        result = engine.fit(model, loss, (s_theta, x_std), key=k_fit, static=box,
+                            config=self.fit_config(len(theta)), progress=progress, desc="NPE")
+        model, history = result.params, result.history
         stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
         post = DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
                                config=config, history=history,
                                training=self.training_config())
         return post._attach_data(x[:, 0] if trials else x, summary=summary,  # one trial per simulation
                                  recording_shape=recording_shape, meta=getattr(bank, "meta", None))
+
+    def fit_config(self, num_simulations: int) -> engine.FitConfig:
+        """The engine's :class:`bmsbi.engine.FitConfig` for a bank of ``num_simulations`` rows."""
+        return engine.FitConfig(
+            learning_rate=self.learning_rate, batch_size=self.batch_size,
+            max_epochs=self.epochs_for(num_simulations), patience=self.patience,
+            validation_fraction=self.validation_fraction, clip_norm=self.clip_norm,
+            weight_decay=self.weight_decay, schedule=self.schedule, ema_decay=self.ema_decay)
 
     def epochs_for(self, num_simulations: int) -> int:
         """Epochs a fit on ``num_simulations`` rows runs at most (resolves ``max_epochs=None``)."""
@@ -704,15 +705,32 @@ def random_trial_subsets(key, x):
     return jnp.where(keep, x, jnp.nan)
 
 
-def _nll(model, static, batch, key, inside=None, fraction=0.0, noise=0.0, subsets=False):
+def support_box(prior, identity, stats) -> tuple:
+    """``(low, high)`` of the prior's box in the flow's standardised coordinates, ``(unconstrained_dim,)`` float32.
+
+    Only the parameters the flow models in their own coordinates (``identity``) are
+    bounded; the others, mapped through the prior's bijection, are inside for any value.
+    """
+    lo, hi = prior.bounds()
+    box_lo = np.full(prior.unconstrained_dim, -np.inf)
+    box_hi = np.full(prior.unconstrained_dim, np.inf)
+    cols = prior.unconstrained_columns()
+    for i in np.flatnonzero(identity):
+        j = cols[i]
+        mean, sd = float(stats["theta_mean"][j]), float(stats["theta_std"][j])
+        box_lo[j], box_hi[j] = (lo[i] - mean) / sd, (hi[i] - mean) / sd
+    return box_lo.astype(np.float32), box_hi.astype(np.float32)
+
+
+def _nll(model, box, batch, key, fraction=0.0, noise=0.0, subsets=False):
     """NPE's minibatch loss: the negative log-likelihood of ``theta`` under the flow.
 
     With ``noise > 0`` the standardised observations get fresh Gaussian noise of that
     standard deviation first (``NPE(summary_noise=...)``). With ``subsets`` (a bank with
     trials) each row keeps a random subset of its trials (:func:`random_trial_subsets`).
 
-    With ``inside`` (standardised flow coordinates ``(m, d)`` -> in the prior's support,
-    ``(m,)``) and ``fraction > 0`` it is the truncated objective
+    With ``box`` (the prior's support in the standardised flow coordinates,
+    :func:`support_box`; the engine's ``static``) and ``fraction > 0`` it is the truncated objective
     ``-log q(theta | x) + Z(x) - 1``, ``Z(x)`` the flow's mass inside the support: the
     first ``ceil(fraction * n)`` rows each get one flow draw, ``1 - Z`` is estimated by
     the share of those draws outside, and the gradient of ``Z`` by the score function,
@@ -728,13 +746,14 @@ def _nll(model, static, batch, key, inside=None, fraction=0.0, noise=0.0, subset
         x_std = random_trial_subsets(k_sub, x_std)
     cond = jax.vmap(model.condition)(x_std)
     n = s_theta.shape[0]
-    m = min(n, math.ceil(fraction * n)) if inside is not None else 0
+    m = min(n, math.ceil(fraction * n)) if box is not None else 0
     if m == 0:
         return -jnp.mean(model.flow.log_prob(s_theta, cond))
     c_sub = cond[:m]
     draws = jax.lax.stop_gradient(
         model.flow.sample(key, condition=jax.lax.stop_gradient(c_sub)))
-    outside = 1.0 - inside(draws).astype(jnp.float32)
+    inside = jnp.all((draws >= box[0]) & (draws <= box[1]), axis=-1)
+    outside = 1.0 - inside.astype(jnp.float32)
     lp = model.flow.log_prob(jnp.concatenate([s_theta, draws]), jnp.concatenate([cond, c_sub]))
     lq = lp[n:]
     return -jnp.mean(lp[:n]) - jnp.sum(outside * (1.0 + lq - jax.lax.stop_gradient(lq))) / m

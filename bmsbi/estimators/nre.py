@@ -14,6 +14,7 @@ References
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -139,12 +140,16 @@ class NRE(UnnormalisedEstimator):
         """
         config = self.config()
 
-        def loss(model, static, batch, key):
-            return _bce(model, batch, key, config["num_contrastive"])
-
+        # A partial of a module-level function: a later fit reuses the compiled epoch.
+        loss = functools.partial(_contrastive_loss, num_contrastive=config["num_contrastive"])
         return fit_unnormalised(self, bank, prior, key,
                                 lambda k, d, xs, data: _build(config, d, xs, k, data), loss, progress,
                                 summary=summary, recording_shape=recording_shape)
+
+
+def _contrastive_loss(model, static, batch, key, num_contrastive):
+    """The engine's loss for NRE: :func:`_bce` (``static`` unused)."""
+    return _bce(model, batch, key, num_contrastive)
 
 
 def _build(config, dim, x_shape, key, data=None):
