@@ -396,6 +396,20 @@ class FitConfig:
         if not isinstance(self.keep_start, (bool, np.bool_)):
             raise ValueError(f"keep_start: expected a bool, got {self.keep_start!r}")
 
+    @classmethod
+    def from_settings(cls, obj, **changes) -> "FitConfig":
+        """The config of the fields ``obj`` holds under these names (an estimator's settings), then ``changes``.
+
+        Examples
+        --------
+        >>> import bmsbi
+        >>> from bmsbi.engine import FitConfig
+        >>> FitConfig.from_settings(bmsbi.NLE(learning_rate=1e-2)).learning_rate
+        0.01
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: getattr(obj, k) for k in names if hasattr(obj, k)}, **changes})
+
     def replace(self, **changes) -> "FitConfig":
         """A copy with ``changes`` applied (validated again); unknown names are refused."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})

@@ -120,12 +120,8 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
     k_model, k_fit = jax.random.split(key)
     model = build_model(k_model, prior.unconstrained_dim, x_shape, (s_theta, x_std))
     t = estimator.training_config()
-    config = engine.FitConfig(
-        learning_rate=t["learning_rate"], batch_size=t["batch_size"], max_epochs=t["max_epochs"],
-        patience=t["patience"], validation_fraction=t["validation_fraction"],
-        clip_norm=t["clip_norm"], weight_decay=t["weight_decay"], schedule=t["schedule"],
-        ema_decay=t["ema_decay"],
-        keep_start=bool(getattr(estimator, "linear_init", False)))  # a linear-Gaussian start is a fit
+    config = engine.FitConfig.from_settings(  # a linear-Gaussian start is already a fit
+        estimator, keep_start=bool(getattr(estimator, "linear_init", False)))
     result = engine.fit(model, loss, (s_theta, x_std), key=k_fit, config=config, progress=progress,
                         desc=estimator.config()["estimator"])
     model, history = result.params, result.history

@@ -648,11 +648,7 @@ class NPE:
 
     def fit_config(self, num_simulations: int) -> engine.FitConfig:
         """The engine's :class:`bmsbi.engine.FitConfig` for a bank of ``num_simulations`` rows."""
-        return engine.FitConfig(
-            learning_rate=self.learning_rate, batch_size=self.batch_size,
-            max_epochs=self.epochs_for(num_simulations), patience=self.patience,
-            validation_fraction=self.validation_fraction, clip_norm=self.clip_norm,
-            weight_decay=self.weight_decay, schedule=self.schedule, ema_decay=self.ema_decay)
+        return engine.FitConfig.from_settings(self, max_epochs=self.epochs_for(num_simulations))
 
     def epochs_for(self, num_simulations: int) -> int:
         """Epochs a fit on ``num_simulations`` rows runs at most (resolves ``max_epochs=None``)."""
