@@ -39,7 +39,7 @@ import numpy as np
 from ._checks import as_key, check_positive_int
 
 __all__ = [
-    "sbc_ranks", "sbc_uniformity", "sbc_ecdf_band", "expected_coverage", "Coverage",
+    "sbc_ranks", "sbc_uniformity", "sbc_ecdf", "sbc_ecdf_band", "expected_coverage", "Coverage",
     "zscore_shrinkage", "ZScoreShrinkage", "posterior_predictive", "c2st",
 ]
 
@@ -281,6 +281,47 @@ def sbc_ecdf_band(num_ranks: int, num_samples: int, *, confidence: float = 0.95,
 def _ecdf_at(ranks, cut):
     """ECDF of ``(r + 1) / (L + 1)`` at the grid of :func:`_fractional_grid`: ``(d, K')``."""
     return (ranks.T[:, :, None] < cut[None, None, :]).mean(axis=1)
+
+
+def sbc_ecdf(ranks, num_samples: int, *, num_points: int | None = None):
+    """ECDF of the fractional SBC ranks on a fixed grid, and its value under uniformity.
+
+    The fractional rank of ``r`` is ``u = (r + 1) / (L + 1)``. Its ECDF is evaluated at
+    ``z_k = k / K`` (``k = 1..K-1``, points that fall between the same two rank values
+    merged), where, under calibration (ranks uniform on ``{0..L}``), its expectation is
+    exactly ``p_k = floor(z_k (L + 1)) / (L + 1)``. The grid depends only on ``L`` and
+    ``num_points``, never on the ranks, as a simultaneous band requires; it is the grid
+    of :func:`sbc_ecdf_band` and of the ``"ecdf"`` test of :func:`sbc_uniformity`.
+
+    Parameters
+    ----------
+    ranks : array, shape ``(m, d)``
+        From :func:`sbc_ranks` (integers in ``[0, num_samples]``).
+    num_samples : int
+        Posterior draws per observation ``L``.
+    num_points : int, optional
+        ``K``; default ``min(L + 1, 100)``.
+
+    Returns
+    -------
+    points : numpy.ndarray, shape ``(K',)``
+        ``p_k``, the expected ECDF under uniformity (≈ the fractional rank ``z_k``).
+    ecdf : numpy.ndarray, shape ``(d, K')``
+        Fraction of the ``m`` ranks of each parameter with ``u <= z_k``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> points, ecdf = sbc_ecdf(np.array([[0, 9], [4, 9], [9, 9]]), 9, num_points=2)
+    >>> points.tolist(), ecdf.tolist()
+    ([0.5], [[0.6666666666666666], [0.0]])
+    """
+    ranks, L = _check_ranks(ranks, num_samples)
+    num_points = check_positive_int(num_points, "num_points", allow_none=True)
+    if num_points is not None and num_points < 2:
+        raise ValueError(f"num_points: expected at least 2, got {num_points}")
+    cut, p = _fractional_grid(L, num_points)
+    return p, _ecdf_at(ranks, cut)
 
 
 def sbc_uniformity(ranks, num_samples: int, *, method: str = "chi2",
