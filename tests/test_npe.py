@@ -232,7 +232,7 @@ def test_truncation_term_is_the_gradient_of_the_mass_inside():
     model = NPEModel(Transformed(StandardNormal((1,)), affine), None)
     n, c = 400_000, 0.7
     batch = (jnp.zeros((n, 1)), jnp.full((n, 1), c))
-    inside = lambda s: (s[:, 0] > -0.5) & (s[:, 0] < 1.0)  # noqa: E731
+    box = (jnp.array([-0.5]), jnp.array([1.0]))  # the interval, as NPE's support_box gives it
 
     def mass(m):
         loc, scale = _affine_loc_scale(m.flow.bijection.affine, m.flow.bijection.affine_linear,
@@ -240,8 +240,7 @@ def test_truncation_term_is_the_gradient_of_the_mass_inside():
         return (norm.cdf((1.0 - loc) / scale) - norm.cdf((-0.5 - loc) / scale))[0]
 
     plain = eqx.filter_value_and_grad(lambda m: _nll(m, None, batch, jax.random.key(1)))(model)
-    trunc = eqx.filter_value_and_grad(lambda m: _nll(m, None, batch, jax.random.key(1), inside=inside,
-                                              fraction=1.0))(model)
+    trunc = eqx.filter_value_and_grad(lambda m: _nll(m, box, batch, jax.random.key(1), fraction=1.0))(model)
     z, grad_z = eqx.filter_value_and_grad(mass)(model)
     assert 0.3 < float(z) < 0.9  # the interval cuts the flow's mass substantially
     assert abs(float(trunc[0] - plain[0]) - (float(z) - 1.0)) < 0.005
@@ -339,3 +338,27 @@ def test_summary_noise_gives_the_posterior_of_a_noisier_observation():
         assert abs(draws.std() / sd - 1.0) < 0.1, (s, draws.std(), sd)
     with pytest.raises(ValueError, match="summary_noise"):
         NPE(summary_noise=-0.1)
+
+
+def test_support_box_agrees_with_the_prior_support():
+    # The truncated loss checks draws against a box in the flow's standardised
+    # coordinates; it must say "inside" exactly where the prior does.
+    import numpyro.distributions as dist
+
+    from bmsbi.estimators.npe import support_box
+    from bmsbi.posterior import identity_mask
+
+    prior = bmsbi.Prior({"a": dist.Uniform(-1.0, 2.0), "s": dist.LogNormal(0.0, 1.0),
+                         "w": (dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2)), ["w0", "w1"]),
+                         "b": dist.Uniform(0.0, 5.0)})
+    keep = identity_mask(prior, "auto")
+    stats = {"theta_mean": np.array([0.5, 0.1, 0.0, 0.0, 2.5]),
+             "theta_std": np.array([0.9, 1.2, 1.0, 1.0, 1.4])}
+    lo, hi = support_box(prior, keep, stats)
+    s = np.random.default_rng(0).normal(0.0, 2.0, (4000, prior.unconstrained_dim)).astype(np.float32)
+    in_box = np.all((s >= lo) & (s <= hi), axis=1)
+    theta = prior.from_unconstrained(jnp.asarray(s * stats["theta_std"] + stats["theta_mean"],
+                                                 jnp.float32), keep=keep)
+    want = np.asarray(prior.in_support(theta))
+    assert 0.2 < want.mean() < 0.8  # the check cuts both ways
+    assert (in_box == want).mean() > 0.999  # (float rounding at the very edge aside)
