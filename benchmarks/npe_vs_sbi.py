@@ -136,6 +136,17 @@ def run_bmsbi(task, theta, x, x_obs, num_samples, seed, timing=True, npe_options
     epoch_time = getattr(history, "epoch_time", None)
     if epoch_time:  # seconds to the end of the first epoch: mostly compilation
         out.extra["first_epoch_s"] = float(epoch_time[0])
+    if timing:  # a second fit in this process on a fresh bank of the same shape (another key)
+        theta2, x2 = task.simulate_bank(jax.random.key(seed + 11), len(theta))
+        bank2 = bmsbi.Bank(np.asarray(theta2, np.float32), np.asarray(x2, np.float32), names=task.names)
+        t0 = time.perf_counter()
+        second = npe.fit(bank2, prior=prior, key=jax.random.fold_in(key_fit, 1), **quiet)
+        _block(second)
+        out.extra["second_fit_s"] = time.perf_counter() - t0
+        out.extra["second_fit_epochs"] = _epochs(getattr(second, "history", None))
+        second_times = getattr(getattr(second, "history", None), "epoch_time", None)
+        if second_times:
+            out.extra["second_first_epoch_s"] = float(second_times[0])
 
     keys = jax.random.split(key_sample, len(x_obs))
     out.samples = np.stack(
@@ -347,6 +358,11 @@ def notes(cases, args) -> str:
                        if "1000x1000_prior_predictive_s" in o.extra else "")
                     + (f"; fit's first epoch (mostly compilation) ended at "
                        f"{o.extra['first_epoch_s']:.1f} s." if "first_epoch_s" in o.extra else ".")
+                    + (f" A second fit in the same process on a fresh bank of the same shape: "
+                       f"{o.extra['second_fit_s']:.1f} s for {o.extra['second_fit_epochs']} epochs "
+                       f"(first epoch ended at {o.extra.get('second_first_epoch_s', float('nan')):.2f} s; "
+                       f"the first fit: {o.fit_s:.1f} s for {o.epochs} epochs)."
+                       if "second_fit_s" in o.extra else "")
                 )
             if o.status == "ok" and "version" in o.extra:
                 versions.add(o.extra["version"])
