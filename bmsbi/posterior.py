@@ -241,10 +241,12 @@ class Posterior:
     # ------------------------------------------------------------------- basics
     @property
     def names(self) -> tuple:
+        """Parameter names (the prior's)."""
         return self.prior.names
 
     @property
     def dim(self) -> int:
+        """Number of parameters ``d``."""
         return self.prior.dim
 
     @property
