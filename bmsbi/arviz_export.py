@@ -35,6 +35,8 @@ def to_inference_data(posterior, key, x_obs, num_samples: int = 1000, num_chains
     """
     import arviz as az
 
+    if not all(hasattr(posterior, a) for a in ("sample", "log_prob", "prior", "x_shape", "config")):
+        raise ValueError(f"posterior: expected a bmsbi.Posterior, got {type(posterior).__name__}")
     key = as_key(key)
     num_samples = check_positive_int(num_samples, "num_samples")
     if num_chains is None:
