@@ -4,7 +4,7 @@ Three verbs: simulate a bank (:func:`simulate_bank`), train an estimator
 (:class:`NPE`, :class:`NLE`, :class:`NRE`), sample its posterior for any recording.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .prior import Prior
 from .recording import Recording, RecordingSpec, RecordingWarning, read_recording

@@ -59,9 +59,12 @@ except ImportError:  # Windows: no advisory locks; leftovers are only removed wh
 
 import numpy as np
 
+from ._version import __version__
+
 __all__ = ["write_file", "read_file", "pack_arrays", "unpack_arrays", "atomic_write",
            "remove_stale_temporaries", "CONTAINER_VERSION"]
 
+# Version of the container layout (magic, header, payload, digest) this bmsbi writes and reads.
 CONTAINER_VERSION = 1
 _MAGIC_PREFIX = b"BMSBI"
 _MAGIC_SUFFIX = b"\r\n"
@@ -76,8 +79,6 @@ _DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 

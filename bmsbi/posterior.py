@@ -1,7 +1,7 @@
-"""Posterior objects: sample, evaluate, summarise, save — for one or many recordings.
+"""Posterior objects: sample, evaluate, save — for one or many recordings.
 
-:class:`Posterior` is the user-facing object every estimator returns. It owns input
-checks, batching over observations, compiled-function caching, MAP search, ArviZ export
+:class:`Posterior` is the user-facing object every estimator returns. It owns
+sampling, densities, MAP search, batching over observations, compiled-function caching
 and the file format; a subclass supplies two pure, jittable functions:
 
 - ``_sample_batch(params, key, x, num_samples) -> (m, num_samples, d)`` for a batch of
@@ -19,16 +19,20 @@ statistics, ``x_shape``, history) and the model weights as
 ``equinox.tree_serialise_leaves`` bytes, all under a SHA-256 checksum. Loading rebuilds
 the network skeleton from the config and reads the weights into it; nothing in a file
 is executed.
+
+Beside it, at the same layer: :mod:`bmsbi.observations` turns what a user passes
+(observations, raw recordings, trials) into the network's input,
+:mod:`bmsbi.inference` holds :class:`Inference` (what :meth:`Posterior.infer`
+returns) and :class:`OutOfDistributionWarning` (both re-exported here), and
+:mod:`bmsbi.arviz_export` builds :meth:`Posterior.to_arviz`'s ``InferenceData``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io as _stdio
 import math
 import os
 import warnings
-from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -37,11 +41,13 @@ import numpy as np
 import paramax
 
 from . import io as bio
-from ._checks import as_key, available_memory, format_bytes, real_array
+from ._checks import as_key, available_memory, check_positive_int, format_bytes, real_array
+from .arviz_export import to_inference_data
 from .engine import History
+from .inference import Inference, OutOfDistributionWarning, ood_message
+from .observations import finite_rows, observations, ood_scores, prepare, raw_observations
 from .prior import Prior, as_prior
-from .recording import LONG_OPTIONS, Recording, RecordingSpec, RecordingWarning
-from .trials import Trials, stack_trials, trial_mask
+from .recording import Recording, RecordingSpec, RecordingWarning
 
 __all__ = ["Posterior", "DirectPosterior", "Inference", "OutOfDistributionWarning", "load_posterior",
            "RecordingWarning",
@@ -63,8 +69,8 @@ _ACCEPTANCE_DRAWS = 4096
 # Rounds run for a whole chunk of observations at once (vectorised); observations still
 # short after them continue one at a time, so observations with a small accepted fraction
 # (near the box's edges, or out of distribution) do not make their whole chunk run every
-# round. Two-moons, 1,000 prior-predictive observations x 1,000 draws: 6.0 s with every
-# round vectorised, 2.8 s with 2 (3.0 with 1, 5.5 with 4).
+# round. Two rounds were the fastest of 1, 2, 4 and all (benchmarks/RESULTS.md, section
+# "Rejection rounds per observation").
 _CHUNK_REJECTION_ROUNDS = 2
 THETA_SPACES = ("auto", "unconstrained")
 
@@ -80,12 +86,6 @@ def identity_mask(prior: Prior, theta_space: str) -> np.ndarray:
     if theta_space == "auto":
         return np.array([type(d).__name__ == "Uniform" for d in prior.column_distributions()])
     raise ValueError(f"theta_space: expected one of {THETA_SPACES}, got {theta_space!r}")
-
-
-def _as_int(value, arg, minimum=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{arg}: expected an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def check_bank_prior(bank, prior):
@@ -165,16 +165,20 @@ class Posterior:
         self.ood = None
         self._jit = {}
 
-    def _attach_data(self, x, *, summary=None, recording_shape=None, meta=None, seed: int = 0):
+    def attach_training_data(self, x, *, summary=None, recording_shape=None, meta=None, seed: int = 0):
         """Record how observations are made and an out-of-distribution reference.
 
-        Called by every estimator's ``fit`` with the training ``x``. ``summary`` (a
+        Every estimator's ``fit`` calls it with the training ``x`` (one trial per
+        simulation) before returning the posterior; a posterior built by hand calls it
+        to take raw recordings and get OOD scores. ``summary`` (a
         :class:`bmsbi.summaries.Summary`, or ``None`` to take ``meta["summary"]``, the
         entry :meth:`simulators.Task.bank` writes) turns a raw recording into one
         observation; ``recording_shape`` is the ``(time, regions)`` it was built for, or
         a :class:`bmsbi.RecordingSpec` / :class:`bmsbi.Recording` that also gives the
         sampling rate and channel names (else taken from ``meta["fs"]`` and
         ``meta["channels"]`` when ``meta["recording_shape"]`` is the shape used).
+        An OOD reference (:class:`bmsbi.ood.OODReference`, seeded by ``seed``) is fitted
+        to ``x`` when it has at least 100 rows. Returns the posterior itself.
         """
         from . import summaries
         from .ood import OODReference
@@ -237,10 +241,12 @@ class Posterior:
     # ------------------------------------------------------------------- basics
     @property
     def names(self) -> tuple:
+        """Parameter names (the prior's)."""
         return self.prior.names
 
     @property
     def dim(self) -> int:
+        """Number of parameters ``d``."""
         return self.prior.dim
 
     @property
@@ -266,10 +272,6 @@ class Posterior:
             raise ValueError(f"{arg}: {m} x {num_samples} draws of {self.dim} parameters need about "
                              f"{format_bytes(need)} of memory{have}; draw fewer")
 
-    def _pads_trials(self) -> bool:
-        """Every observation goes in as ``(K, *x_shape)`` (an NPE trained with trials)."""
-        return not self.sums_trials and self.config.get("trials") is not None
-
     def __repr__(self):
         return (f"{type(self).__name__}(names={self.names}, x_shape={self.x_shape}, "
                 f"estimator={self.config.get('estimator')}/{self.config.get('density_estimator')})")
@@ -284,22 +286,6 @@ class Posterior:
                 self._jit[name] = jax.jit(self._map_batch, static_argnums=(3, 4, 5))
         return self._jit[name]
 
-    def _check_x(self, x_obs, arg="x_obs"):
-        """``(x (m, *x_shape) float32, batched)``; ValueError naming ``arg`` otherwise."""
-        x = np.asarray(real_array(x_obs, arg), np.float32)
-        if x.shape == self.x_shape:
-            batched, x = False, x[None]
-        elif x.ndim == len(self.x_shape) + 1 and x.shape[1:] == self.x_shape and x.shape[0] > 0:
-            batched = True
-        else:
-            raise ValueError(
-                f"{arg}: expected shape {self.x_shape} (one observation) or (m, "
-                f"{', '.join(map(str, self.x_shape))}) (a batch), got {x.shape}")
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-        if bad.any():
-            raise ValueError(f"{arg}: {int(bad.sum())} of {len(x)} observations hold NaN or inf; "
-                             "posteriors are defined for finite observations only")
-        return x, batched
 
     # ------------------------------------------------------------------ public
     def sample(self, key, x_obs, num_samples: int = 1000, *, long: str = "refuse") -> jax.Array:
@@ -332,17 +318,12 @@ class Posterior:
         (1000, 2)
         """
         key = as_key(key)
-        num_samples = _as_int(num_samples, "num_samples")
-        x, batched = self._observations(x_obs, warn_ood=True, long=long)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        x, batched = observations(self, x_obs, warn_ood=True, long=long)
         self._check_budget(len(x), num_samples)
         out = self._compiled("sample")(self._params(), key, jnp.asarray(x), num_samples)
         self._check_draws(out, num_samples)
         return out if batched else out[0]
-
-    # ------------------------------------------------------ recordings and OOD
-    def _is_observation_shape(self, shape) -> bool:
-        n = len(self.x_shape)
-        return tuple(shape) == self.x_shape or (len(shape) == n + 1 and tuple(shape[1:]) == self.x_shape)
 
     @property
     def recording_spec(self) -> RecordingSpec | None:
@@ -384,196 +365,8 @@ class Posterior:
             too short, too long without ``long="epochs"``, a rate that cannot be
             resampled, a transposed array).
         """
-        prepared = self._prepare(recordings, arg, long)
+        prepared = prepare(self, recordings, arg, long)
         return prepared.x, prepared.batched
-
-    def _prepare(self, recordings, arg: str, long: str) -> "_Prepared":
-        """Summaries of raw recordings with their provenance (sources, labels, corrections)."""
-        if long not in LONG_OPTIONS:
-            raise ValueError(f"long: expected one of {LONG_OPTIONS}, got {long!r}")
-        if self.summary is None:
-            raise ValueError(
-                f"{arg}: this posterior has no stored summary pipeline, so it takes observations of "
-                f"shape {self.x_shape} (or a batch of them); train with NPE().fit(bank, ..., "
-                "summary=stat) or on a bank from simulators.Task.bank to accept raw recordings")
-        spec = self.recording_spec
-        items, batched, plain = self._recording_items(recordings, arg)
-        rows, sources, labels, corrections, made = [], [], [], [], []
-        for i, (item, label) in enumerate(items):
-            where = f"recording {i}" + (f" ({label!r})" if label != str(i) else "")
-            if spec is None:  # nothing known to check against
-                pieces = [(np.asarray(getattr(item, "data", item)), tuple(getattr(item, "notes", ())))]
-            else:
-                pieces = spec.conform(item, long=long, label=where, arg=arg)
-            known = len(getattr(item, "notes", ()))
-            for k, (data, notes) in enumerate(pieces):
-                if plain and spec is not None and spec.fs is not None:
-                    notes = (f"a plain array: taken to be sampled at {spec.fs:g} Hz (the trained rate)",) + notes
-                rows.append(data)
-                sources.append(i)
-                labels.append(label if len(pieces) == 1 else f"{label}[epoch {k}]")
-                corrections.append(tuple(notes))
-                made += [f"{where}: {n}" for n in notes[known:] if not n.startswith("a plain array")]
-        if plain and spec is not None and spec.fs is not None:
-            warnings.warn(f"{arg}: a plain array is taken to be sampled at {spec.fs:g} Hz, the rate the "
-                          "posterior was trained on; pass bmsbi.Recording(data, fs) to have its rate "
-                          "checked (and resampled)", RecordingWarning, stacklevel=4)
-        shapes = sorted({np.shape(r) for r in rows})
-        if len(shapes) > 1:
-            raise ValueError(f"{arg}: all recordings must have the same shape to be summarised together "
-                             f"(this posterior knows no recording shape to fit them to); got {shapes}")
-        r = np.stack([np.asarray(d, np.float32) for d in rows])
-        batched = batched or len(rows) > len(items)
-        expected = "(time, regions)" if spec is None else f"{self.recording_shape} (time, regions)"
-        try:
-            size = self.summary.output_size(r.shape[1], r.shape[2])
-        except ValueError as err:
-            raise ValueError(f"{arg}: recordings of shape {r.shape[1:]} do not fit the stored summary "
-                             f"({err})") from None
-        if size != math.prod(self.x_shape):
-            raise ValueError(f"{arg}: recordings of shape {r.shape[1:]} give {size} features, the posterior "
-                             f"was trained on {self.x_shape}; expected recordings {expected}")
-        x = np.asarray(self.summary.batch(r), np.float32).reshape((len(r),) + self.x_shape)
-        return _Prepared(x, batched, np.asarray(sources, np.int64), labels, corrections, made)
-
-    def _recording_items(self, recordings, arg):
-        """``([(Recording or 2-D array, label), ...], batched, plain)`` from what the user passed."""
-        if isinstance(recordings, Recording):
-            return [(recordings, recordings.name or "0")], False, False
-        if isinstance(recordings, (list, tuple)) and any(isinstance(r, Recording) for r in recordings):
-            if not all(isinstance(r, Recording) for r in recordings):
-                kinds = sorted({type(r).__name__ for r in recordings})
-                raise ValueError(f"{arg}: expected a list of bmsbi.Recording or one array, got a list "
-                                 f"mixing {kinds}; wrap every array in bmsbi.Recording(data, fs)")
-            return [(r, r.name or str(i)) for i, r in enumerate(recordings)], True, False
-        r = np.asarray(real_array(recordings, arg, what="a bmsbi.Recording, a list of them or a numeric "
-                                  "array"), np.float32)
-        batched = r.ndim == 3
-        r = r[:, None] if r.ndim == 1 else r
-        r = r[None] if r.ndim == 2 else r
-        expected = ("(time, regions)" if self.recording_shape is None
-                    else f"{self.recording_shape} (time, regions)")
-        if r.ndim != 3 or 0 in r.shape:
-            raise ValueError(f"{arg}: expected one recording {expected} or a batch (m, time, regions), "
-                             f"got shape {np.shape(recordings)}")
-        return [(a, str(i)) for i, a in enumerate(r)], batched, True
-
-    def _observations(self, data, *, warn_ood: bool, arg="x_obs", long: str = "refuse"):
-        data = _checked_input(data, arg)
-        if _is_trials_input(data) or self._is_trial_batch(data):
-            return self._trial_observations(data, arg, long, warn_ood=warn_ood)
-        x, batched = self._single_observations(data, warn_ood=warn_ood, arg=arg, long=long)
-        return (self._pad(x[:, None]) if self._pads_trials() else x), batched
-
-    def _single_observations(self, data, *, warn_ood: bool, arg="x_obs", long: str = "refuse"):
-        """Checked observations from observations or (with a summary) raw recordings.
-
-        Changes made to recordings (resampling, reordering, epochs) are reported in one
-        :class:`bmsbi.RecordingWarning`.
-        """
-        if self.summary is None or not (_is_recording_input(data) or
-                                        not self._is_observation_shape(np.shape(data))):
-            if _is_recording_input(data):
-                self._prepare(data, arg, long)  # raises: no summary pipeline
-            return self._check_x(data, arg)
-        prepared = self._prepare(data, arg, long)
-        x, batched = prepared.x, prepared.batched
-        if prepared.made:
-            warnings.warn(f"{arg}: " + "; ".join(prepared.made), RecordingWarning, stacklevel=3)
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-        if bad.any():
-            raise ValueError(f"{arg}: the summaries of {int(bad.sum())} of {len(x)} recordings hold NaN "
-                             "or inf (flat or non-finite signal?); posterior.infer flags them instead")
-        if warn_ood and self.ood is not None:
-            flagged = self._ood_score(x) > 1.0
-            if flagged.any():
-                warnings.warn(_ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=3)
-        return x, batched
-
-    # ------------------------------------------------------------------ trials
-    def _pad(self, x):
-        """``(m, k, *x_shape)`` padded with absent (NaN) trials to the trained ``K``."""
-        k_max = self.max_trials
-        if x.shape[1] > k_max:
-            raise ValueError(f"x_obs: {x.shape[1]} trials per experiment, but this posterior was trained "
-                             f"on at most {k_max} (NPE on a bank with trials={k_max})")
-        return stack_trials(list(x), k_max, self.x_shape)
-
-    def _is_trial_batch(self, data) -> bool:
-        """A plain array ``(m, k, *x_shape)``: ``m`` experiments of ``k`` trials (posteriors trained
-        on trials only; a bank's ``x`` has this shape)."""
-        if self.config.get("trials") is None or _is_recording_input(data) or isinstance(data, Trials):
-            return False
-        shape = np.shape(data) if isinstance(data, (np.ndarray, jax.Array, list, tuple)) else ()
-        n = len(self.x_shape)
-        if len(shape) != n + 2 or tuple(shape[2:]) != self.x_shape:
-            return False
-        return self.summary is None or self.recording_shape is None or \
-            tuple(shape[1:]) != tuple(self.recording_shape)
-
-    def _trial_prepared(self, data, arg: str, long: str, *, strict: bool) -> "_Prepared":
-        """Experiments of iid trials as ``(m, k_pad, *x_shape)``, absent trials NaN.
-
-        ``strict``: a trial that is not finite is a ``ValueError``; otherwise every row of
-        its experiment becomes NaN (``infer`` then reports the experiment as not finite).
-        """
-        if self._is_trial_batch(data):
-            arr = np.asarray(data, np.float32)
-            items, batched = [Trials(a) for a in arr], True
-        elif isinstance(data, Trials):
-            items, batched = [data], False
-        else:
-            items, batched = list(data), True
-        cap = self.max_trials
-        rows, labels, corrections, made = [], [], [], []
-        for i, t in enumerate(items):
-            where = f"{arg}[{i}]" if batched else arg
-            inner = t.data
-            p = self._single_raw_observations(inner, where, "epochs" if isinstance(inner, Recording) else long)
-            x, k = p.x, len(p.x)
-            if cap is None and k > 1:
-                raise ValueError(
-                    f"{where}: {k} iid trials, but this posterior was trained without trials; train NPE on "
-                    "a bank simulated with simulate_bank(..., trials=K), or use NLE / NRE (any number of "
-                    "trials); a batch of separate experiments is a plain (m, ...) array")
-            if cap is not None and k > cap:
-                raise ValueError(
-                    f"{where}: {k} iid trials, but this posterior was trained on at most {cap} trials per "
-                    f"experiment; simulate a bank with trials >= {k}, pass at most {cap} trials, or use "
-                    "NLE / NRE (any number of trials)")
-            bad = ~np.isfinite(x.reshape(k, -1)).all(axis=1)
-            if bad.any():
-                if strict:
-                    raise ValueError(f"{where}: trials {np.flatnonzero(bad)[:10].tolist()} of {k} hold NaN or "
-                                     "inf (flat or non-finite signal?); posterior.infer flags them instead")
-                x = np.full_like(x, np.nan)
-            rows.append(x)
-            labels.append(t.name or str(i))
-            corrections.append(tuple(dict.fromkeys(c for cs in p.corrections for c in cs)))
-            made += p.made
-        if cap is None:  # one trial each, through a posterior without trials
-            x = np.stack([r[0] for r in rows])
-        else:
-            # NLE / NRE: padded to a power of two, so that k = 5, 6, 7, 8 share one compilation
-            width = cap if self._pads_trials() else 1 << (max(len(r) for r in rows) - 1).bit_length()
-            x = stack_trials(rows, width, self.x_shape)
-        return _Prepared(x, batched, np.arange(len(rows)), labels, corrections, made)
-
-    def _trial_observations(self, data, arg, long, *, warn_ood: bool):
-        prepared = self._trial_prepared(data, arg, long, strict=True)
-        if prepared.made:
-            warnings.warn(f"{arg}: " + "; ".join(prepared.made), RecordingWarning, stacklevel=4)
-        if warn_ood and self.ood is not None:
-            flagged = self._ood_score(prepared.x) > 1.0
-            if flagged.any():
-                warnings.warn(_ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=4)
-        return prepared.x, prepared.batched
-
-    def _finite(self, x) -> np.ndarray:
-        """Per experiment: finite (for trials: at least one trial present, none part-finite)."""
-        if x.ndim == len(self.x_shape) + 2:
-            return trial_mask(x, len(self.x_shape)).any(axis=1)
-        return np.isfinite(x.reshape(len(x), -1)).all(axis=1)
 
     def ood_score(self, x_obs, *, long: str = "refuse"):
         """Out-of-distribution score of observations or raw recordings (see :mod:`bmsbi.ood`).
@@ -591,51 +384,11 @@ class Posterior:
         if self.ood is None:
             raise ValueError("x_obs: this posterior has no out-of-distribution reference (it needs a "
                              "training bank of at least 100 simulations)")
-        prepared = self._raw_observations(x_obs, long=long)
-        s = self._ood_score(prepared.x)
+        prepared = raw_observations(self, x_obs, long=long)
+        s = ood_scores(self, prepared.x)
         return s if prepared.batched else s[0]
 
-    def _ood_score(self, x, pvalue: bool = False):
-        """OOD scores (or p-values) of observations; for trials, the median over present trials."""
-        fn = self.ood.pvalue if pvalue else self.ood.score
-        if x.ndim == len(self.x_shape) + 1:
-            return fn(x)
-        m, k = x.shape[:2]
-        present = trial_mask(x, len(self.x_shape))
-        per = np.full((m, k), np.nan)
-        if present.any():
-            per[present] = fn(x[present])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an experiment with no present trial
-            out = np.nanmedian(per, axis=1)
-        return np.where(present.any(axis=1), out, 0.0 if pvalue else np.inf)
-
-    def _raw_observations(self, data, arg="x_obs", long: str = "refuse") -> "_Prepared":
-        """Observations (unchecked for finiteness) from observations, raw recordings or trials."""
-        data = _checked_input(data, arg)
-        if _is_trials_input(data) or self._is_trial_batch(data):
-            return self._trial_prepared(data, arg, long, strict=False)
-        p = self._single_raw_observations(data, arg, long)
-        return p._replace(x=self._pad(p.x[:, None])) if self._pads_trials() else p
-
-    def _single_raw_observations(self, data, arg="x_obs", long: str = "refuse") -> "_Prepared":
-        if self.summary is None or not (_is_recording_input(data) or
-                                        not self._is_observation_shape(np.shape(data))):
-            if _is_recording_input(data):
-                self._prepare(data, arg, long)  # raises: no summary pipeline
-            x = np.asarray(real_array(data, arg), np.float32)
-            if x.shape == self.x_shape:
-                x, batched = x[None], False
-            elif self._is_observation_shape(x.shape) and len(x) > 0:
-                batched = True
-            else:
-                raise ValueError(f"{arg}: expected shape {self.x_shape} (one observation) or (m, "
-                                 f"{', '.join(map(str, self.x_shape))}) (a batch), got {x.shape}")
-            m = len(x)
-            return _Prepared(x, batched, np.arange(m), [str(i) for i in range(m)], [()] * m, [])
-        return self._prepare(data, arg, long)
-
-    def infer(self, key, recordings, num_samples: int = 1000, *, long: str = "refuse") -> "Inference":
+    def infer(self, key, recordings, num_samples: int = 1000, *, long: str = "refuse") -> Inference:
         """Amortized inference on new recordings, each with an out-of-distribution flag.
 
         Recordings are fitted to :attr:`recording_spec`, every change recorded in
@@ -688,13 +441,13 @@ class Posterior:
         rest.edf[epoch 0]: resampled from 1000 Hz to 250 Hz (...); epoch 0 of 15 (...)
         """
         key = as_key(key)
-        num_samples = _as_int(num_samples, "num_samples")
-        prepared = self._raw_observations(recordings, "recordings", long=long)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        prepared = raw_observations(self, recordings, "recordings", long=long)
         x = prepared.x
         self._check_budget(len(x), num_samples)
-        finite = self._finite(x)
+        finite = finite_rows(self, x)
         if self.ood is not None:
-            score, pvalue = self._ood_score(x), self._ood_score(x, pvalue=True)
+            score, pvalue = ood_scores(self, x), ood_scores(self, x, pvalue=True)
         else:
             score = np.where(finite, np.nan, np.inf)
             pvalue = np.where(finite, np.nan, 0.0)
@@ -709,7 +462,7 @@ class Posterior:
             self._check_draws(got, num_samples)
             samples[finite] = np.asarray(got)
         if flagged.any():
-            warnings.warn(_ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=2)
+            warnings.warn(ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=2)
         return Inference(samples=samples, x=x, ood_score=np.asarray(score, np.float64),
                          ood_pvalue=np.asarray(pvalue, np.float64), flagged=flagged,
                          names=self.names, labels=prepared.labels, source=prepared.sources,
@@ -726,7 +479,7 @@ class Posterior:
         or ``(k, d)`` (the same points for every observation) → ``(m, k)``.
         ``theta`` outside the prior's support gives ``-inf`` (never NaN).
         """
-        x, batched = self._observations(x_obs, warn_ood=False, long=long)
+        x, batched = observations(self, x_obs, warn_ood=False, long=long)
         th = np.asarray(real_array(theta, "theta"), np.float32)
         d = self.dim
         if th.ndim == 0 or th.shape[-1] != d:
@@ -759,11 +512,13 @@ class Posterior:
         ``x_obs`` and ``long`` as in :meth:`sample`.
         """
         key = jax.random.key(0) if key is None else as_key(key)
-        num_samples = _as_int(num_samples, "num_samples")
-        num_steps = _as_int(num_steps, "num_steps", minimum=0)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        if isinstance(num_steps, (bool, np.bool_)) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+            raise ValueError(f"num_steps: expected an int >= 0, got {num_steps!r}")
+        num_steps = int(num_steps)
         if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
             raise ValueError(f"learning_rate: expected a positive float, got {learning_rate!r}")
-        x, batched = self._observations(x_obs, warn_ood=False, long=long)
+        x, batched = observations(self, x_obs, warn_ood=False, long=long)
         self._check_budget(len(x), num_samples)
         out = self._compiled("map")(self._params(), key, jnp.asarray(x), num_samples, num_steps,
                                     float(learning_rate))
@@ -823,7 +578,10 @@ class Posterior:
         - ``observed_data``: ``x_obs``;
         - ``posterior_predictive`` (only with ``simulator``): ``x_obs`` simulated at
           every posterior draw (paired with ``posterior`` by chain and draw) through
-          :func:`bmsbi.diagnostics.posterior_predictive`.
+          :func:`bmsbi.simulate_at`, the simulations
+          :func:`bmsbi.diagnostics.posterior_predictive` gives for these draws.
+
+        Built by :func:`bmsbi.arviz_export.to_inference_data`.
 
         ``x_obs`` has dims ``(x_dim_0, ..., feature)``: its last axis is ``feature``, with
         ``feature_names`` as coordinates when given. The file survives
@@ -863,74 +621,9 @@ class Posterior:
         ...                       feature_names=task.feature_names)   # doctest: +SKIP
         >>> az.summary(idata); az.plot_ppc(idata)                       # doctest: +SKIP
         """
-        import arviz as az
-
-        key = as_key(key)
-        num_samples = _as_int(num_samples, "num_samples")
-        if num_chains is None:
-            mcmc = getattr(self, "mcmc", None)
-            num_chains = int(mcmc.get("num_chains", 1)) if isinstance(mcmc, dict) else 1
-        num_chains = _as_int(num_chains, "num_chains")
-        total = num_samples * num_chains
-        num_prior_samples = total if num_prior_samples is None else \
-            _as_int(num_prior_samples, "num_prior_samples")
-        if simulator is not None and not callable(simulator):
-            raise ValueError(f"simulator: expected a callable simulator(theta, key) -> x or None, "
-                             f"got {type(simulator).__name__}")
-        x, batched = self._observations(x_obs, warn_ood=True, long=long)
-        if batched:
-            raise ValueError(f"x_obs: to_arviz takes one observation of shape {self.x_shape}, got a "
-                             f"batch {x.shape} (several recordings, or one split into epochs); call it "
-                             "per observation, or use infer for a batch")
-        if feature_names is None and self.summary is not None and self.recording_shape is not None \
-                and len(self.x_shape) == 1:
-            feature_names = self.summary.feature_names(self.recording_shape[1])
-        x_dims, coords = _arviz_x_dims(self.x_shape, feature_names)
-        x0 = one = x[0]
-        if x.ndim == len(self.x_shape) + 2:  # iid trials: the present ones, as Trials again
-            x0 = x[0][trial_mask(x[0], len(self.x_shape))]
-            one, x_dims = Trials(x0), ["trial", *x_dims]
-        k_post, k_prior, k_pred = jax.random.split(key, 3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OutOfDistributionWarning)  # warned above
-            draws = np.asarray(self.sample(k_post, one, total))              # (total, d)
-        lp = np.asarray(self.log_prob(draws, one))
-        prior_draws = np.asarray(self.prior.sample(k_prior, num_prior_samples))
-        prior_lp = np.asarray(self.prior.jitted("log_prob")(prior_draws))
-
-        def chains(a):  # (total, ...) -> (chain, draw, ...), draw j in chain j % num_chains
-            return np.swapaxes(a.reshape(num_samples, num_chains, *a.shape[1:]), 0, 1)
-
-        predictive = None
-        if simulator is not None:
-            from .diagnostics import posterior_predictive
-
-            x_pred = posterior_predictive(self, simulator, x0 if one is x0 else x0[0], key=k_pred,
-                                          theta=draws)  # with trials: one simulated trial per draw
-            predictive = {"x_obs": chains(np.asarray(x_pred))}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            idata = az.from_dict(
-                posterior={n: chains(draws[:, i]) for i, n in enumerate(self.names)},
-                sample_stats={"lp": chains(lp)},
-                prior={n: prior_draws[None, :, i] for i, n in enumerate(self.names)},
-                sample_stats_prior={"lp": prior_lp[None]},
-                posterior_predictive=predictive,
-                observed_data={"x_obs": x0},
-                coords=coords, dims={"x_obs": x_dims})
-        meta = {"inference_library": "bmsbi", "inference_library_version": bio._version(),
-                "estimator": str(self.config.get("estimator")),
-                "posterior_class": type(self).__name__,
-                "log_prob_normalized": int(bool(self.normalized))}
-        for group in idata.groups():  # ArviZ keeps provenance in every group's attrs
-            getattr(idata, group).attrs.update(meta)
-        idata.sample_stats["lp"].attrs.update(
-            normalized=int(bool(self.normalized)),
-            description="posterior log density of each draw" +
-                        ("" if self.normalized else " (unnormalised: only differences are meaningful)"))
-        idata.sample_stats_prior["lp"].attrs.update(normalized=1,
-                                                    description="prior log density of each draw")
-        return idata
+        return to_inference_data(self, key, x_obs, num_samples, num_chains, simulator=simulator,
+                                 num_prior_samples=num_prior_samples, feature_names=feature_names,
+                                 long=long)
 
     # ---------------------------------------------------------------------- files
     def save(self, path) -> str:
@@ -958,20 +651,6 @@ class Posterior:
         payload = payload + extra
         return bio.write_file(path, kind=_KIND, schema_version=SCHEMA_VERSION, header=header,
                               payload=payload)
-
-
-def _arviz_x_dims(x_shape, feature_names):
-    """Dims of ``x`` for ArviZ (last axis ``feature``) and the coords for ``feature_names``."""
-    dims = [f"x_dim_{i}" for i in range(len(x_shape) - 1)] + ["feature"]
-    if not x_shape:
-        return [], {}
-    if feature_names is None:
-        return dims, {}
-    names = [str(n) for n in feature_names] if not isinstance(feature_names, str) else None
-    if names is None or len(names) != x_shape[-1] or len(set(names)) != len(names):
-        raise ValueError(f"feature_names: expected {x_shape[-1]} distinct names (the last axis of "
-                         f"x, shape {x_shape}), got {feature_names!r}")
-    return dims, {"feature": names}
 
 
 def _json_clean(d):
@@ -1238,136 +917,3 @@ def load_posterior(path) -> Posterior:
         post.recording_fs, post.recording_channels = spec.fs, spec.channels
     post.ood = None if data.get("ood") is None else OODReference.from_file(data["ood"], arrays)
     return post
-
-
-class _Prepared(NamedTuple):
-    """Observations made from raw recordings, with where each row came from."""
-
-    x: np.ndarray            # (m, *x_shape) float32, possibly non-finite
-    batched: bool
-    sources: np.ndarray      # (m,) index of the input recording of each row
-    labels: list             # (m,) str
-    corrections: list        # (m,) tuple of str: what was done to each row's data
-    made: list               # changes this call made, "recording i: ..." (for warnings)
-
-
-def _is_trials_input(data) -> bool:
-    """A :class:`Trials` or a list of them (a list mixing them with other things is refused)."""
-    if isinstance(data, Trials):
-        return True
-    if isinstance(data, (list, tuple)) and any(isinstance(d, Trials) for d in data):
-        if not all(isinstance(d, Trials) for d in data):
-            kinds = sorted({type(d).__name__ for d in data})
-            raise ValueError(f"x_obs: expected a list of bmsbi.Trials (one per experiment), got a list "
-                             f"mixing {kinds}; wrap each experiment in bmsbi.Trials")
-        return True
-    return False
-
-
-def _checked_input(data, arg: str):
-    """Trials and recordings as given; anything else a real numeric array (ragged, complex,
-    object or text input is a ``ValueError`` naming ``arg``)."""
-    if _is_trials_input(data) or _is_recording_input(data):
-        return data
-    return real_array(data, arg, what="a numeric array (observations, or raw recordings with a "
-                                      "stored summary pipeline)")
-
-
-def _is_recording_input(data) -> bool:
-    return isinstance(data, Recording) or (
-        isinstance(data, (list, tuple)) and any(isinstance(r, Recording) for r in data))
-
-
-class OutOfDistributionWarning(UserWarning):
-    """An observation or recording lies outside the simulations the posterior was trained on."""
-
-
-def _ood_message(flagged, ood) -> str:
-    idx = np.flatnonzero(flagged)
-    shown = ", ".join(map(str, idx[:10])) + (" ..." if len(idx) > 10 else "")
-    rate = "" if ood is None else f" (false-alarm rate {ood.alpha:g} for simulated data)"
-    return (f"{len(idx)} of {len(flagged)} recordings are out of distribution [{shown}]: unlike every "
-            f"simulation the posterior was trained on{rate}; their posteriors extrapolate and should "
-            "not be trusted")
-
-
-@dataclasses.dataclass
-class Inference:
-    """Result of :meth:`Posterior.infer` for ``m`` recordings.
-
-    Attributes
-    ----------
-    samples : numpy array ``(m, num_samples, d)``
-        Posterior draws (NaN for recordings whose summaries are not finite).
-    x : numpy array ``(m, *x_shape)``
-        The observations (summaries) the posterior was conditioned on.
-    ood_score : numpy array ``(m,)``
-        Distance to the training summaries over its calibrated threshold; > 1 flagged.
-    ood_pvalue : numpy array ``(m,)``
-        Fraction of held-out simulations at least as unusual.
-    flagged : numpy bool array ``(m,)``
-        Out of distribution (or non-finite summaries).
-    names : tuple of str
-        Parameter names.
-    labels : list of str
-        A label per row: the recording's name (or its index), with ``[epoch k]`` for
-        rows cut from a longer recording (``long="epochs"``).
-    source : numpy int array ``(m,)``
-        Index of the recording (in the call's input) each row came from.
-    corrections : list of tuple of str
-        Per row, what was done to its recording before inference (read-time
-        conversions, resampling, channel reordering, the epoch and the seconds dropped,
-        flat channels); empty when it was used as given. :meth:`report` lists them.
-    """
-
-    samples: np.ndarray
-    x: np.ndarray
-    ood_score: np.ndarray
-    ood_pvalue: np.ndarray
-    flagged: np.ndarray
-    names: tuple
-    labels: list | None = None
-    source: np.ndarray | None = None
-    corrections: list | None = None
-
-    def __post_init__(self):
-        m = len(self.samples)
-        self.labels = [str(i) for i in range(m)] if self.labels is None else [str(v) for v in self.labels]
-        self.source = np.arange(m) if self.source is None else np.asarray(self.source, np.int64)
-        self.corrections = [()] * m if self.corrections is None else [tuple(c) for c in self.corrections]
-
-    def report(self) -> str:
-        """One line per row that was changed before inference: ``label: what was done``.
-
-        Empty when every recording was used as given.
-        """
-        return "\n".join(f"{lab}: " + "; ".join(c) for lab, c in zip(self.labels, self.corrections) if c)
-
-    def mean(self) -> np.ndarray:
-        """Posterior means ``(m, d)``."""
-        return self.samples.mean(axis=1)
-
-    def table(self, labels=None) -> str:
-        """One line per recording: posterior mean ± sd per parameter, OOD score, flag.
-
-        ``labels`` (one string per row, e.g. file names) replaces :attr:`labels`.
-        """
-        mean, sd = self.samples.mean(axis=1), self.samples.std(axis=1)
-        labels = self.labels if labels is None else [str(v) for v in labels]
-        if len(labels) != len(self.samples):
-            raise ValueError(f"labels: expected {len(self.samples)} labels, got {len(labels)}")
-        width = max([9] + [len(v) for v in labels])
-        head = f"{'recording':>{width}s}  " + "  ".join(f"{n:>18s}" for n in self.names) + "  ood_score  flag"
-        lines = [head]
-        for i in range(len(self.samples)):
-            cells = "  ".join(f"{m:>9.4g} ± {s:<6.2g}" for m, s in zip(mean[i], sd[i]))
-            flag = "OUT OF DISTRIBUTION" if self.flagged[i] else ""
-            lines.append(f"{labels[i]:>{width}s}  {cells}  {self.ood_score[i]:>9.3g}  {flag}".rstrip())
-        return "\n".join(lines)
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __repr__(self):
-        return (f"Inference(recordings={len(self)}, samples={self.samples.shape}, "
-                f"flagged={int(self.flagged.sum())})")

@@ -47,13 +47,14 @@ MAX_RESAMPLE_FACTOR = 1000
 LONG_OPTIONS = ("refuse", "epochs")
 # The anti-aliasing filter of Recording.resample: a Kaiser-windowed sinc with 64 taps per
 # side per unit of max(up, down) and beta 9 (about 90 dB stop band). scipy's default (10
-# taps, beta 5) has a wide transition band that dulls the top ~20 % of the band: a hopf_node
-# recording taken to 1 kHz (FFT interpolation) and back moved its posterior mean of `a` by
-# up to 0.27 posterior sd with it, 0.07 sd with this one (6 recordings).
+# taps, beta 5) has a wide transition band that dulls the top of the band, enough to move
+# a hopf_node posterior resampled to 1 kHz and back noticeably more than this filter does
+# (benchmarks/RESULTS.md, section "Numbers moved out of docstrings").
 _FILTER_TAPS_PER_SIDE = 64
 _FILTER_BETA = 9.0
 # Relative mismatch tolerated between fs_new / fs and its small-integer fraction.
 _RATIO_TOLERANCE = 1e-9
+# File suffixes read_recording reads through MNE -> the mne.io reader it calls.
 MNE_SUFFIXES = {".edf": "read_raw_edf", ".bdf": "read_raw_bdf", ".fif": "read_raw_fif",
                 ".fif.gz": "read_raw_fif", ".vhdr": "read_raw_brainvision", ".set": "read_raw_eeglab"}
 _NUMPY_SUFFIXES = (".npy", ".csv", ".npz", ".mat")

@@ -72,6 +72,7 @@ def evidence_integration_task(n_samples: int = 256, *, seq_len: int = 20,
     return inputs.astype(np.float32), targets
 
 
+# The tasks this module registers: name -> (function, description for brainmass.datasets).
 TASKS = {
     "evidence_integration_task": (
         evidence_integration_task,

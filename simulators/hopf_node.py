@@ -26,9 +26,10 @@ narrower than its centre frequency over the theta-to-gamma range of EEG rhythms,
 ``f`` in 4-40 Hz. ``sigma`` spans recordings from noise-dominated to cleanly
 oscillating.
 
-Simulation: ``dt = 2 ms``, classical Runge-Kutta (``method='rk4'``: limit-cycle
-amplitude within 0.3 % of ``sqrt(a)``; brainmass's default exponential Euler treats
-the rotation explicitly and overestimates it by about 20 % already at ``dt = 1 ms``),
+Simulation: ``dt = 2 ms``, classical Runge-Kutta (``method='rk4'``: it keeps the
+limit-cycle amplitude at ``sqrt(a)``, where brainmass's default exponential Euler treats
+the rotation explicitly and overestimates it even at smaller steps; numbers in
+``benchmarks/RESULTS.md``, section "Numbers moved out of docstrings"),
 white noise as Euler-Maruyama increments, 0.5 s transient discarded, 4 s recorded at
 250 Hz: recording ``(1000, 1)``. Measurement noise: std ``1e-3``.
 
@@ -67,7 +68,7 @@ from ._task import FS, N_TIME, Task, add_measurement_noise, as_float32, white_no
 
 __all__ = ["task", "prior", "observe", "simulate", "summary", "true_theta", "fs"]
 
-DT = 2.0  # ms; rk4 keeps the limit-cycle amplitude within 0.1 % at this step
+DT = 2.0  # ms; rk4 keeps the limit-cycle amplitude accurate at this step (see the module docstring)
 OBS_NOISE = 1e-3
 
 fs = FS

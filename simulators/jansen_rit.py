@@ -30,9 +30,10 @@ noise-driven fixed points, alpha (8-13 Hz) limit cycles and slower, spike-like
 oscillations. Time constants and sigmoid keep their standard values
 (``a = 100 /s``, ``b = 50 /s``, ``2 e0 = 5 /s``, ``v0 = 6 mV``, ``r = 0.56 /mV``).
 
-Simulation: ``dt = 1 ms``, classical Runge-Kutta (noise-free signal standard deviation
-within 2 % of a 0.1 ms reference, median over the prior; exponential Euler at 1 ms is
-off by 18 %), 0.5 s transient discarded, 4 s recorded at 250 Hz: recording
+Simulation: ``dt = 1 ms``, classical Runge-Kutta (close to a 0.1 ms reference, where
+exponential Euler at the same step is not; numbers in ``benchmarks/RESULTS.md``,
+section "Numbers moved out of docstrings"), 0.5 s transient discarded, 4 s recorded
+at 250 Hz: recording
 ``(1000, 1)`` in mV. Measurement noise: std 0.02 mV.
 
 Default summary: :func:`bmsbi.summaries.default_eeg_summary` at 250 Hz (15 features).

@@ -35,9 +35,10 @@ the phase diagram of Montbrio, Pazo & Roxin (2015, Fig. 1) around the working po
 their figures, ``eta = -5, J = 15, Delta = 1``, with ``Delta`` varied by a factor 4.
 ``tau_m = 10 ms`` is a typical membrane time constant.
 
-Simulation: ``dt = 0.05 tau_m`` (0.5 ms), classical Runge-Kutta (noise-free mean rate
-within 1e-5 of a 0.004 tau_m reference over the prior; exponential Euler misses the
-high-rate state by 50 % or more, 90th percentile, already at 0.02 tau_m), 0.5 s transient discarded, 4 s recorded at 250 Hz: recording
+Simulation: ``dt = 0.05 tau_m`` (0.5 ms), classical Runge-Kutta (matches a fine-step
+reference over the prior, where exponential Euler misses the high-rate state even at
+smaller steps; numbers in ``benchmarks/RESULTS.md``, section "Numbers moved out of
+docstrings"), 0.5 s transient discarded, 4 s recorded at 250 Hz: recording
 ``(1000, 1)`` in Hz. Measurement noise: std 0.01 Hz.
 
 Default summary: :func:`bmsbi.summaries.default_eeg_summary` at 250 Hz (15 features);

@@ -191,3 +191,26 @@ def test_bad_input(post):
         post.to_arviz(key, X_OBS, num_samples=-1)
     with pytest.raises(ValueError, match="x_obs: to_arviz takes one observation"):
         post.to_arviz(key, np.zeros((3, 2)), num_samples=10)
+
+
+def test_export_function_is_to_arviz_and_simulates_like_posterior_predictive(post):
+    """bmsbi.arviz_export.to_inference_data is what to_arviz returns; its posterior predictive
+    is diagnostics.posterior_predictive at the same draws with the same key."""
+    from bmsbi.arviz_export import to_inference_data
+    from bmsbi.diagnostics import posterior_predictive
+
+    key = jax.random.key(5)
+    a = post.to_arviz(key, X_OBS, num_samples=20, num_chains=2, simulator=simulator)
+    b = to_inference_data(post, key, X_OBS, num_samples=20, num_chains=2, simulator=simulator)
+    for group in ("posterior", "sample_stats", "prior", "posterior_predictive"):
+        for name, var in getattr(a, group).data_vars.items():
+            np.testing.assert_array_equal(var.values, getattr(b, group)[name].values)
+
+    def flat(v):  # (chain, draw, ...) back to the draw order: draw j in chain j % num_chains
+        return np.swapaxes(v, 0, 1).reshape(-1, *v.shape[2:])
+
+    draws = np.stack([flat(a.posterior[n].values) for n in post.names], -1)
+    x_pred = posterior_predictive(post, simulator, X_OBS, key=jax.random.split(key, 3)[2], theta=draws)
+    np.testing.assert_allclose(flat(a.posterior_predictive["x_obs"].values), x_pred, rtol=1e-6)
+    with pytest.raises(ValueError, match="posterior: expected a bmsbi.Posterior"):
+        to_inference_data(object(), key, X_OBS)

@@ -44,6 +44,7 @@ from .library import Library, polynomial_library, sigmoid_library
 __all__ = ["DiscoveryBenchmark", "benchmark_system", "register_datasets", "SYSTEMS",
            "NOISE_LEVELS", "dataset_name"]
 
+# Noise levels of the registered datasets: sd as a fraction of each state's sd.
 NOISE_LEVELS = (0.0, 0.01, 0.05, 0.10)
 
 

@@ -17,6 +17,7 @@ from .library import Library
 
 __all__ = ["SparseDynamics", "INTEGRATORS"]
 
+# Integrators SparseDynamics may use to simulate the fitted equations.
 INTEGRATORS = ("rk4", "euler")
 
 

@@ -88,8 +88,9 @@ def _choose_window(col, polyorder, sigma):
     unbiased estimate, up to a constant, of the smoothed state's mean squared error.
     Derivatives enter a regression over many samples, which averages their noise but
     not their smoothing bias, so the regression prefers a narrower window: half the Cp
-    window (the nearest candidate) came within a factor of 1.5 of the best fixed window
-    on every benchmark system and noise level (``benchmarks/discovery_vs_pysindy.py``).
+    window (the nearest candidate) came close to the best fixed window on every
+    benchmark system and noise level (``benchmarks/discovery_vs_pysindy.py``;
+    ``benchmarks/RESULTS.md``, section "Numbers moved out of docstrings").
     """
     n = col.shape[0]
     cands = [w for w in WINDOWS if 3 * w <= n]

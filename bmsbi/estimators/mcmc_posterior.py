@@ -129,7 +129,7 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
     config = {**estimator.config(), **({"trials": int(trials)} if trials else {})}
     post = MCMCPosterior(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
                          history=history, training=t, mcmc=estimator.mcmc_config())
-    return post._attach_data(first, summary=summary, recording_shape=recording_shape,
+    return post.attach_training_data(first, summary=summary, recording_shape=recording_shape,
                              meta=getattr(bank, "meta", None))
 
 

@@ -46,10 +46,10 @@ class NLE(UnnormalisedEstimator):
     Parameters
     ----------
     density_estimator : {"maf", "nsf", "maf_rqs"}, default "maf"
-        Flow family over ``x`` (one-dimensional ``x`` uses ``"maf_rqs"``). On a 2-D
-        Gaussian-linear task with 8k simulations the affine MAF (width 50) learned the
-        log-likelihood about twice as accurately as the spline flow (residual sd 0.18
-        vs 0.35 nats), which overfits; sbi defaults to MAF for NLE as well.
+        Flow family over ``x`` (one-dimensional ``x`` uses ``"maf_rqs"``). On a
+        Gaussian-linear task the affine MAF learned the log-likelihood more accurately
+        than the spline flow, which overfits (``benchmarks/RESULTS.md``, section
+        "Numbers moved out of docstrings"); sbi defaults to MAF for NLE as well.
     hidden, num_layers, num_bins, tail_bound, nn_depth :
         Flow architecture, as in :class:`bmsbi.NPE`.
     linear_init : bool, default True
@@ -61,8 +61,9 @@ class NLE(UnnormalisedEstimator):
     learning_rate, batch_size, max_epochs, patience, validation_fraction, clip_norm,
     weight_decay, schedule, ema_decay :
         Passed to :func:`bmsbi.engine.fit`. The default ``"warmup_cosine"`` leaves the
-        linear-Gaussian start intact through the first steps (10-D Gaussian-linear,
-        10k simulations: max posterior-mean error 0.075 sd vs 0.124 with ``"cosine"``).
+        linear-Gaussian start intact through the first steps, which makes the posterior
+        means more accurate than ``"cosine"`` (``benchmarks/RESULTS.md``, section
+        "Gaussian-linear 10-D at 10k").
     num_chains, num_warmup, thin :
         NUTS settings of the returned posterior (chains per observation).
 

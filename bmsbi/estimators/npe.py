@@ -336,7 +336,8 @@ def linear_gaussian_init(flow, s_theta, cond, ridge: float = 1e-3):
     at the identity the flow then starts as ``N(A x + b, diag(sd^2))``: exact for a
     linear-Gaussian model, and the best Gaussian with a linear mean for any other. The
     network then learns only what departs from that, which early stopping protects from
-    overfitting (10-D Gaussian-linear at 10,000 simulations: see the NPE docstring).
+    overfitting (measured on 10-D Gaussian-linear: ``benchmarks/RESULTS.md``, section
+    "Numbers moved out of docstrings").
 
     ``flow``: from :func:`build_flow` (``"nsf"``, or ``"maf"`` with the affine map);
     other flows are returned unchanged. ``s_theta``: ``(n, dim)``; ``cond``:
@@ -386,24 +387,19 @@ class NPE:
     """Neural posterior estimation with a conditional normalizing flow.
 
     The defaults were chosen by measurement on the sbibm two-moons task at 10,000
-    simulations (observations 1-10 of ``benchmarks/tasks.py``, one bank, training
-    seeds 0-2): with the box prior's parameters modelled in their own coordinates
-    (``theta_space="auto"``), two hidden layers per conditioner, 10 bins, a moving
-    average of the weights and the truncated loss (``truncation_fraction``) the exact
-    KL(p||q) averages 0.104 nats and C2ST 0.548 against the exact posterior; without
-    the truncated loss 0.115 and 0.557; with one hidden layer, 16 bins and the raw
-    weights 0.144 and 0.560; through the logit (``"unconstrained"``) 0.30 and 0.583.
-    Fits take 13-20 s on a shared 2-core machine, compilation included (sbi 0.27's NPE
-    on the same bank: see ``benchmarks/RESULTS.md``).
+    simulations against the exact posterior: modelling the box prior's parameters in
+    their own coordinates (``theta_space="auto"``), two hidden layers per conditioner,
+    10 bins, a moving average of the weights and the truncated loss
+    (``truncation_fraction``) each brought the fit closer. The numbers (KL, C2ST,
+    fit times, sbi on the same bank) are in ``benchmarks/RESULTS.md``, sections
+    "NPE vs sbi vs flowjax" and "Numbers moved out of docstrings".
 
     Before training, the flow's conditional affine map is set to the least-squares
     linear-Gaussian posterior (``linear_init``, :func:`linear_gaussian_init`), so
-    training learns only what departs from it. On 10-D Gaussian-linear at 10,000
-    simulations this took ``"maf"`` from a validation loss 0.2 nats above the exact
-    posterior's (mean error up to 0.44 posterior sd, the flow fitting noise in the
-    9,000 training rows) to within 0.05 nats (mean error < 0.09 sd). For
-    near-Gaussian posteriors the affine ``"maf"`` generalises better from few
-    simulations than ``"nsf"``.
+    training learns only what departs from it; on 10-D Gaussian-linear this keeps
+    ``"maf"`` from fitting the noise in the training rows (``benchmarks/RESULTS.md``,
+    section "Numbers moved out of docstrings"). For near-Gaussian posteriors the affine
+    ``"maf"`` generalises better from few simulations than ``"nsf"``.
 
     Parameters
     ----------
@@ -460,9 +456,9 @@ class NPE:
         draws outside the prior's box are rejected (the posterior then divides its
         density by the accepted mass; :class:`bmsbi.posterior.DirectPosterior`); the
         other parameters go through the bijection. On two-moons the logit warps the
-        thin crescents and piles draws along the box's edges: C2ST 0.583 with
-        ``"unconstrained"``, 0.559 with ``"auto"`` (same bank, 10 observations; one
-        hidden layer, 16 bins, raw weights).
+        thin crescents and piles draws along the box's edges, and ``"auto"`` fits
+        closer (C2ST in ``benchmarks/RESULTS.md``, section "Numbers moved out of
+        docstrings").
     truncation_fraction : float, default 0.25
         With draws rejected outside the prior's box (``"auto"`` and a ``Uniform``
         parameter), train ``-log q(theta | x) + Z(x)`` instead of ``-log q(theta | x)``,
@@ -470,9 +466,8 @@ class NPE:
         the plain loss charges the flow at first order for every bit of mass it spills
         past an edge, mass the rejection step removes anyway; the flow then bends the
         density inside to keep its edges sharp, and the posterior, renormalised inside
-        the box, misweights the parts the box cuts (two-moons, observation 0, whose
-        crescents the box cuts: 47.2 % of the draws in one crescent instead of 49.8 %;
-        48.5 % with ``Z``; C2ST over 10 observations 0.557 -> 0.548). With ``Z`` the
+        the box, misweights the parts the box cuts (measured on two-moons:
+        ``benchmarks/RESULTS.md``, section "Truncated loss for box priors"). With ``Z`` the
         spill costs only at second order (``-log Z + Z - 1``). ``Z`` and its gradient
         are estimated from one flow draw for this fraction of each minibatch's rows
         (score-function gradient, ``grad Z = -E_q[1_outside grad log q]``); the
@@ -643,7 +638,7 @@ class NPE:
         post = DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
                                config=config, history=history,
                                training=self.training_config())
-        return post._attach_data(x[:, 0] if trials else x, summary=summary,  # one trial per simulation
+        return post.attach_training_data(x[:, 0] if trials else x, summary=summary,  # one trial per simulation
                                  recording_shape=recording_shape, meta=getattr(bank, "meta", None))
 
     def fit_config(self, num_simulations: int) -> engine.FitConfig:

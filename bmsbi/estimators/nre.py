@@ -73,16 +73,16 @@ class NRE(UnnormalisedEstimator):
     num_contrastive : int, default 4
         Shuffled (independent) pairs per joint pair in each minibatch (their loss is
         averaged, so the classes stay balanced). More negatives give a less noisy
-        gradient: 10-D Gaussian-linear at 10k over 7 training keys, max mean error
-        ≤ 0.1 posterior sd in 6 of 7 with 4, in 2 of 4 with 1.
+        gradient and a more reliable fit (``benchmarks/RESULTS.md``, section "NRE on
+        the 10-D Gaussian-linear line").
     linear_init : bool, default True
         Add ``theta^T W x + theta^T Q theta + c^T theta + x^T P x + q^T x + const`` to
         the logit and start it at the log ratio of the least-squares linear-Gaussian
         model, evidence included (the MLP's output layer starts at zero): the
         classifier starts at the Bayes-optimal logit of that model and training learns
         what departs from it. Without the ``x``-only terms the first epochs spent on
-        them pulled the parameter terms away from the start (10-D Gaussian-linear at 10k:
-        max mean error 0.175 posterior sd; with them 0.096). Implies the bilinear term.
+        them pulled the parameter terms away from the start (``benchmarks/RESULTS.md``,
+        section "NRE on the 10-D Gaussian-linear line"). Implies the bilinear term.
     bilinear : bool, default True
         Add a learned bilinear term ``theta^T W x`` to the classifier's logit (see
         :class:`RatioModel`).
