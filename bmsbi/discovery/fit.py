@@ -320,9 +320,9 @@ def _check_inputs(data, dt, library, method, threshold, penalty, n_bootstrap, in
     state_shape = (library.n_states,)
     n_nodes = None
     if library.needs_nodes:
-        from .model import _library_nodes
+        from .model import library_nodes
 
-        n_nodes = _library_nodes(library)
+        n_nodes = library_nodes(library)
         state_shape = (n_nodes, library.n_states)
     if isinstance(data, np.ndarray | jax.Array) and data.ndim == len(state_shape) + 2:
         data = list(data)  # a stack of equally long trajectories

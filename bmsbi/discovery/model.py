@@ -15,7 +15,7 @@ import numpy as np
 
 from .library import Library
 
-__all__ = ["SparseDynamics", "INTEGRATORS"]
+__all__ = ["SparseDynamics", "INTEGRATORS", "library_nodes"]
 
 # Integrators SparseDynamics may use to simulate the fitted equations.
 INTEGRATORS = ("rk4", "euler")
@@ -69,7 +69,7 @@ class SparseDynamics(brainstate.nn.Dynamics):
         if integrator not in INTEGRATORS:
             raise ValueError(f"integrator: expected one of {INTEGRATORS}, got {integrator!r}")
         if library.needs_nodes and n_nodes is None:
-            n_nodes = _library_nodes(library)
+            n_nodes = library_nodes(library)
         shape = (library.n_states,) if n_nodes is None else (int(n_nodes), library.n_states)
         super().__init__(shape, name=name)
         self.library = library
@@ -115,7 +115,11 @@ class SparseDynamics(brainstate.nn.Dynamics):
         return self.x.value
 
 
-def _library_nodes(library):
+def library_nodes(library):
+    """The node count a coupling library (or a concatenation holding one) was built for.
+
+    Raises ``ValueError`` (naming ``library``) when no part of it couples nodes.
+    """
     parts = library.parts if hasattr(library, "parts") else (library,)
     for p in parts:
         if getattr(p, "needs_nodes", False):
