@@ -38,9 +38,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_FIRST_ON_PATH: list = []  # --pythonpath
+
+
 def _env(cache) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(_FIRST_ON_PATH + [str(ROOT)] +
+                                        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # a user's own jax cache would be kept by bmsbi
     env["BMSBI_COMPILATION_CACHE"] = str(cache)
     return env
@@ -70,7 +74,12 @@ def main(argv=None) -> int:
     ap.add_argument("--posterior", default=None, help="posterior file (default: DEMO/posterior.bmsbi)")
     ap.add_argument("--recording", default=None, help="recording file (default: DEMO/recording.npy)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each row (default: %(default)s)")
+    ap.add_argument("--pythonpath", default=None,
+                    help="a folder put first on the children's PYTHONPATH (to time another version of a "
+                         "dependency, e.g. an unpacked wheel)")
     args = ap.parse_args(argv)
+    if args.pythonpath:
+        _FIRST_ON_PATH[:] = [str(Path(args.pythonpath).resolve())]
     if args.repeats < 1:
         raise SystemExit("--repeats: expected a positive integer")
     demo = Path(args.demo)
@@ -83,6 +92,8 @@ def main(argv=None) -> int:
         print(f"no posterior in {demo}: running bmsbi demo first", file=sys.stderr)
         subprocess.run([py, "-m", "bmsbi.cli", "demo", "--out", str(demo), "--quiet"], env=_env(0), check=True)
 
+    versions = _run([py, "-c", "import jax, ml_dtypes, numpy; print(f'jax {jax.__version__}, ml_dtypes "
+                          "{ml_dtypes.__version__}, numpy {numpy.__version__}')"], _env(0))[2].strip()
     infer = [py, "-m", "bmsbi.cli", "infer", str(posterior), str(recording)]
     rows = {name: [] for name in ("cache off", "first (empty cache)", "second", "third", "import bmsbi",
                                   "python -c pass")}
@@ -108,8 +119,9 @@ def main(argv=None) -> int:
     def cell(values):
         return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
+    first = f"; {args.pythonpath} first on PYTHONPATH" if args.pythonpath else ""
     print(f"`{' '.join(['python', '-m', 'bmsbi.cli', 'infer', str(posterior), str(recording)])}`, "
-          f"each in a new process; {args.repeats} repeats; {platform.python_version()}, "
+          f"each in a new process; {args.repeats} repeats{first}; Python {platform.python_version()}, {versions}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n")
     print("| run | wall s, median (min-max) | CPU s (user+sys), median (min-max) |")
     print("|---|---|---|")
