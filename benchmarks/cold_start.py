@@ -54,7 +54,7 @@ def _run(cmd, env) -> tuple[float, float, str]:
     """``(wall s, cpu s, stdout)`` of one child process; fails loudly on a non-zero exit."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)  # `-m` puts the cwd first
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -83,14 +83,15 @@ def main(argv=None) -> int:
     if args.repeats < 1:
         raise SystemExit("--repeats: expected a positive integer")
     demo = Path(args.demo)
-    posterior = Path(args.posterior or demo / "posterior.bmsbi")
-    recording = Path(args.recording or demo / "recording.npy")
+    posterior = Path(args.posterior or demo / "posterior.bmsbi").resolve()
+    recording = Path(args.recording or demo / "recording.npy").resolve()
     py = sys.executable
     if not posterior.exists():
         if args.posterior is not None:
             raise SystemExit(f"--posterior: no such file: {posterior}")
         print(f"no posterior in {demo}: running bmsbi demo first", file=sys.stderr)
-        subprocess.run([py, "-m", "bmsbi.cli", "demo", "--out", str(demo), "--quiet"], env=_env(0), check=True)
+        subprocess.run([py, "-m", "bmsbi.cli", "demo", "--out", str(demo.resolve()), "--quiet"], env=_env(0),
+                       check=True, cwd=ROOT)
 
     versions = _run([py, "-c", "import jax, ml_dtypes, numpy; print(f'jax {jax.__version__}, ml_dtypes "
                           "{ml_dtypes.__version__}, numpy {numpy.__version__}')"], _env(0))[2].strip()

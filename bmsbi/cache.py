@@ -25,7 +25,7 @@ take over a second. These settings are process-wide: programs compiled by your o
 in the same process are cached too.
 
 The cache is an optimisation only: results are identical with and without it. It grows
-without bound (a few hundred kB per posterior and shape); delete the folder to clear it.
+without bound (under a MB per posterior and recording shape); delete the folder to clear it.
 Share it only with users you trust (jax executes what it finds there).
 """
 

@@ -105,8 +105,9 @@ def test_import_bmsbi_loads_no_brainmass_and_still_offers_the_registering_module
             "import brainmass; bmsbi.tasks; from bmsbi import discovery; "
             "names = {n for n, _ in brainmass.datasets.list_datasets()}; "
             "assert 'evidence_integration_task' in names and any(n.startswith('bmsbi_discovery') for n in names)")
-    env = dict(os.environ, PYTHONPATH=str(Path(bmsbi.__file__).resolve().parent.parent))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    root = Path(bmsbi.__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(root)), cwd=root,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
 
 
@@ -118,14 +119,14 @@ def test_two_infer_runs_share_one_cache_folder(tmp_path):
     post.save(tmp_path / "post.bmsbi")
     np.save(tmp_path / "rec.npy", np.asarray(task.observe(task.true_theta, jax.random.key(2))))
     cache = tmp_path / "cache"
-    env = dict(os.environ, PYTHONPATH=str(Path(bmsbi.__file__).resolve().parent.parent),
-               **{ENV_VAR: str(cache)})
+    root = Path(bmsbi.__file__).resolve().parent.parent  # the bmsbi under test, also for `-m` (cwd first)
+    env = dict(os.environ, PYTHONPATH=str(root), **{ENV_VAR: str(cache)})
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     cmd = [sys.executable, "-m", "bmsbi.cli", "infer", str(tmp_path / "post.bmsbi"), str(tmp_path / "rec.npy"),
            "--num-samples", "50"]
     runs, entries = [], []
     for _ in range(2):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
         runs.append(done.stdout)
         entries.append(sorted(p.name for p in cache.iterdir()))
