@@ -4,6 +4,10 @@ Every verb prints one clear line on stderr and exits with status 2 on bad input
 (missing or unreadable file, wrong shape, unknown task, a file written by a newer
 bmsbi), instead of a traceback. ``bmsbi infer`` exits 0 when recordings are out of
 distribution (the flag is part of its output) unless ``--fail-on-ood`` asks for 3.
+
+Every verb but ``tasks`` turns on JAX's persistent compilation cache
+(:func:`bmsbi.enable_compilation_cache`; ``BMSBI_COMPILATION_CACHE=0`` turns it off), so
+a second ``bmsbi infer`` on the same posterior reads its compiled sampler from disk.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+from .cache import enable_compilation_cache
 
 __all__ = ["main"]
 
@@ -662,6 +668,8 @@ def main(argv=None) -> int:
             print(f"bmsbi {args.verb}: error: --{name.replace('_', '-')}: expected a positive integer, "
                   f"got {value}", file=sys.stderr)
             return 2
+    if args.verb != "tasks":  # every verb that compiles: reuse what earlier runs compiled
+        enable_compilation_cache()
     try:
         args.func(args)
     except _Exit as exc:

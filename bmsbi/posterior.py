@@ -43,6 +43,7 @@ import paramax
 from . import io as bio
 from ._checks import as_key, available_memory, check_positive_int, format_bytes, real_array
 from .arviz_export import to_inference_data
+from .cache import enable_compilation_cache
 from .engine import History
 from .inference import Inference, OutOfDistributionWarning, ood_message
 from .observations import finite_rows, observations, ood_scores, prepare, raw_observations
@@ -822,7 +823,7 @@ class DirectPosterior(Posterior):
 def read_weights_and_stats(header: dict, payload: bytes, skeleton, dim: int, x_shape: tuple):
     """Weights read into ``skeleton`` and the z-scoring statistics of a posterior file."""
     try:
-        model = eqx.tree_deserialise_leaves(_stdio.BytesIO(payload), skeleton)
+        model = eqx.tree_deserialise_leaves(_stdio.BytesIO(payload), skeleton, filter_spec=_read_leaf)
     except Exception as err:  # shape/structure mismatch: the file does not fit its config
         raise ValueError(f"path: the weights do not match the stored config ({err})") from None
     raw = header.get("stats") or {}
@@ -835,6 +836,15 @@ def read_weights_and_stats(header: dict, payload: bytes, skeleton, dim: int, x_s
                              f"expected {math.prod(shape)}")
         stats[k] = arr.reshape(shape)
     return model, stats
+
+
+def _read_leaf(f, like):
+    """One leaf of a weights file: arrays as by ``eqx.default_deserialise_filter_spec``, through
+    ``jax.device_put`` (``jnp.load``'s ``jnp.asarray`` compiles a small program per shape and dtype)."""
+    if isinstance(like, (jax.Array, jax.ShapeDtypeStruct)):
+        out = np.load(f)
+        return jax.device_put(out.view(jnp.bfloat16) if out.dtype == "V2" else out)
+    return eqx.default_deserialise_filter_spec(f, like)
 
 
 _POSTERIOR_TYPES: dict[str, type] = {"DirectPosterior": DirectPosterior}
@@ -877,9 +887,16 @@ def load_posterior(path) -> Posterior:
         ``path`` is missing or a folder, the file is not a bmsbi posterior, is truncated
         or altered (checksum), holds no valid prior, or was written by a newer bmsbi
         (upgrade bmsbi to read it).
+
+    Notes
+    -----
+    Turns on JAX's persistent compilation cache (:func:`bmsbi.enable_compilation_cache`:
+    a folder already set in ``jax.config`` is kept, ``BMSBI_COMPILATION_CACHE=0`` turns it
+    off), so the loaded posterior's compiled programs are reused by later sessions.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path: expected a file path, got {type(path).__name__}")
+    enable_compilation_cache()
     header, payload = bio.read_file(path, kind=_KIND, schema_version=SCHEMA_VERSION)
     name = header.get("posterior_class")
     if name not in _POSTERIOR_TYPES:
