@@ -36,6 +36,7 @@ from pathlib import Path
 
 __all__ = ["enable_compilation_cache", "default_cache_dir", "ENV_VAR"]
 
+# The environment variable that switches the cache off (0/off/false/no) or names its folder.
 ENV_VAR = "BMSBI_COMPILATION_CACHE"
 _OFF = ("0", "off", "false", "no")
 _ON = ("", "1", "on", "true", "yes")

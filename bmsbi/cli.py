@@ -659,6 +659,17 @@ def cmd_tasks(args) -> None:
 
 
 def main(argv=None) -> int:
+    """Run the ``bmsbi`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    0 on success, 2 for a usage or input error (one line on stderr), 3 when
+    ``bmsbi infer --fail-on-ood`` flags a recording.
+
+    Examples
+    --------
+    >>> from bmsbi.cli import main
+    >>> main(["tasks"])  # doctest: +SKIP
+    0
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     t0 = time.perf_counter()

@@ -1,0 +1,12 @@
+"""Test-session settings: the persistent compilation cache goes to a temporary folder.
+
+The CLI and ``load_posterior`` turn on JAX's persistent compilation cache
+(:func:`bmsbi.enable_compilation_cache`); a test run must not fill the user's
+``~/.cache/bmsbi``. Subprocesses started by the tests inherit the variable.
+"""
+
+import os
+import tempfile
+
+if "BMSBI_COMPILATION_CACHE" not in os.environ:
+    os.environ["BMSBI_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="bmsbi-test-jax-cache-")
