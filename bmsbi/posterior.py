@@ -763,9 +763,9 @@ class DirectPosterior(Posterior):
     def _check_draws(self, out, num_samples):
         if self._identity.any():  # the rejection fallback puts draws exactly on the bounds
             low, high = (np.asarray(b, np.float32)[self._identity] for b in self.prior.bounds())
-            sub = jnp.asarray(out)[..., np.flatnonzero(self._identity)]
-            on_bound = jnp.any((sub == low) | (sub == high), axis=-1).reshape(-1, num_samples)
-            frac = float(jnp.max(jnp.mean(on_bound, axis=-1)))
+            sub = np.asarray(out)[..., np.flatnonzero(self._identity)]  # NumPy: nothing to compile
+            on_bound = np.any((sub == low) | (sub == high), axis=-1).reshape(-1, num_samples)
+            frac = float(np.max(np.mean(on_bound, axis=-1)))
             if frac >= 0.01:
                 warnings.warn(
                     f"{100 * frac:.0f} % of the draws for an observation lie exactly on the prior's "
@@ -867,7 +867,13 @@ def model_skeleton(config, accepted: tuple, dim: int, x_shape: tuple):
     name = config.get("estimator") if isinstance(config, dict) else None
     if name not in accepted or name not in _MODEL_BUILDERS:
         raise ValueError(f"path: the file's estimator config is not an {' or '.join(accepted)} config")
-    return _MODEL_BUILDERS[name](config, dim, x_shape)
+    # Shapes only: the weights are read in afterwards, so no initial values are computed
+    # (each would be a small XLA program to compile in every new process). A builder that
+    # needs concrete values (a NumPy generator seeded from a derived key) is run as is.
+    try:
+        return eqx.filter_eval_shape(_MODEL_BUILDERS[name], config, dim, x_shape)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return _MODEL_BUILDERS[name](config, dim, x_shape)
 
 
 def register_posterior(cls: type) -> type:

@@ -151,6 +151,18 @@ def _rq_spline(x, raw, tail_bound, inverse):
     return out, jnp.sum(log_det)
 
 
+def _fixed_key():
+    """``jax.random.key(0)`` as a concrete value, also inside a shape-only trace (a skeleton's weights are read in)."""
+    with jax.ensure_compile_time_eval():
+        return jax.random.key(0)
+
+
+def _numpy_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by ``key``'s data, also while a model skeleton is traced for its shapes."""
+    with jax.ensure_compile_time_eval():
+        return np.random.default_rng(np.asarray(jax.random.key_data(as_key(key))).ravel().tolist())
+
+
 def _uniform_init(rng, fan_in, shape):
     bound = 1.0 / math.sqrt(max(fan_in, 1))
     return jnp.asarray(rng.uniform(-bound, bound, size=shape), jnp.float32)
@@ -208,7 +220,7 @@ class ConditionalAffine(AbstractBijection):
     affine_linear: jax.Array
 
     def __init__(self, dim: int, cond_dim: int | None, *, hidden: int = 50, key):
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(as_key(key))).ravel().tolist())
+        rng = _numpy_rng(key)
         self.shape = (int(dim),)
         self.cond_shape = None if cond_dim is None else (int(cond_dim),)
         self.affine, self.affine_linear = _affine_init(rng, dim, cond_dim, hidden)
@@ -257,7 +269,7 @@ class SplineCouplingStack(AbstractBijection):
 
     def __init__(self, dim: int, cond_dim: int | None, *, num_layers: int = 5, hidden: int = 64,
                  depth: int = 2, num_bins: int = 8, tail_bound: float = 4.0, key):
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(as_key(key))).ravel().tolist())
+        rng = _numpy_rng(key)
         self.shape = (int(dim),)
         self.cond_shape = None if cond_dim is None else (int(cond_dim),)
         self.num_bins = int(num_bins)
@@ -758,7 +770,7 @@ def model_from_config(config: dict, dim: int, x_shape: tuple) -> NPEModel:
     flow = build_flow(config["density_estimator"], dim, cond_dim, hidden=config["hidden"],
                       num_layers=config["num_layers"], num_bins=config["num_bins"],
                       tail_bound=config["tail_bound"], nn_depth=config["nn_depth"],
-                      key=jax.random.key(0),
+                      key=_fixed_key(),
                       conditional_affine=bool(config.get("conditional_affine", False)))
     return NPEModel(flow, embedding)
 
