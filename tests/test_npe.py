@@ -298,7 +298,7 @@ def test_gaussian_linear_10d_at_10k():
         assert c2st(ref, s) <= 0.56
 
 
-@pytest.mark.parametrize("estimator", ["nsf", "maf"])
+@pytest.mark.parametrize("estimator", ["nsf", "maf", "flowjax_nsf"])
 def test_linear_gaussian_init_is_the_least_squares_gaussian(estimator):
     # Before any training the flow is N(A x + b, diag(sd^2)) from least squares.
     from bmsbi.estimators.npe import build_flow, linear_gaussian_init

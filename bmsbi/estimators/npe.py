@@ -38,7 +38,7 @@ import numpy as np
 import paramax
 from flowjax.bijections import AbstractBijection, Chain, RationalQuadraticSpline
 from flowjax.distributions import StandardNormal, Transformed
-from flowjax.flows import masked_autoregressive_flow
+from flowjax.flows import coupling_flow, masked_autoregressive_flow
 
 from .. import engine
 from .._checks import as_key, check_training_settings
@@ -48,7 +48,7 @@ from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identit
 __all__ = ["NPE", "build_flow", "SplineCouplingStack", "ConditionalAffine",
            "linear_gaussian_init"]
 
-_ESTIMATORS = ("nsf", "maf", "maf_rqs")
+_ESTIMATORS = ("nsf", "maf", "maf_rqs", "flowjax_nsf")
 # Optimiser steps that max_epochs=None aims for (measured on two-moons, see NPE).
 _TARGET_STEPS = 5000
 
@@ -65,6 +65,11 @@ def build_flow(density_estimator: str, dim: int, cond_dim: int | None, *, hidden
     its autoregressive layers start as the identity and a :class:`ConditionalAffine`
     map follows them on the data side (files saved before that option rebuild without).
     ``"maf_rqs"``: flowjax's masked autoregressive spline flow (``dim`` passes to sample).
+    ``"flowjax_nsf"``: flowjax's ``coupling_flow`` with its ``RationalQuadraticSpline``
+    transformer (``num_bins`` inner knots on ``[-tail_bound, tail_bound]``, identity
+    outside), its conditioners' last layers zeroed so every coupling layer starts as the
+    identity, followed on the data side by a :class:`ConditionalAffine` map (always,
+    like ``"nsf"``): the same start as ``"nsf"`` for :func:`linear_gaussian_init`.
     """
     base = StandardNormal((dim,))
     if density_estimator == "nsf":
@@ -92,6 +97,21 @@ def build_flow(density_estimator: str, dim: int, cond_dim: int | None, *, hidden
     if density_estimator == "maf_rqs":
         spline = RationalQuadraticSpline(knots=num_bins, interval=float(tail_bound))
         return masked_autoregressive_flow(key, transformer=spline, **common)
+    if density_estimator == "flowjax_nsf":
+        spline = RationalQuadraticSpline(knots=num_bins, interval=float(tail_bound))
+        flow = coupling_flow(key, transformer=spline, **common)
+
+        # Invert(Scan(layer)); a layer is Chain([Coupling, Flip or Permute]) when dim > 1.
+        # A zero conditioner output gives the spline its initial (identity) knots.
+        def last(f):
+            layer = f.bijection.bijection.bijection
+            coupling = layer.bijections[0] if isinstance(layer, Chain) else layer
+            return coupling.conditioner.layers[-1]
+
+        flow = eqx.tree_at(lambda f: (last(f).weight, last(f).bias), flow,
+                           replace_fn=jnp.zeros_like)
+        affine = ConditionalAffine(dim, cond_dim, hidden=hidden, key=jax.random.fold_in(key, 1))
+        return Transformed(base, Chain([flow.bijection, affine]))
     raise ValueError(f"density_estimator: expected one of {_ESTIMATORS}, got {density_estimator!r}")
 
 
@@ -210,8 +230,9 @@ class ConditionalAffine(AbstractBijection):
     """Elementwise ``y = loc(c) + scale(c) * x`` with an MLP-plus-linear-skip of the condition.
 
     The same map :class:`SplineCouplingStack` applies on its data side; NPE puts it on
-    the data side of the ``"maf"`` flow. It starts as the identity; NPE then sets it to
-    the least-squares linear-Gaussian fit of ``theta`` on ``x`` (:func:`linear_gaussian_init`).
+    the data side of the ``"maf"`` and ``"flowjax_nsf"`` flows. It starts as the
+    identity; NPE then sets it to the least-squares linear-Gaussian fit of ``theta`` on
+    ``x`` (:func:`linear_gaussian_init`).
     """
 
     shape: tuple = eqx.field(static=True)
@@ -247,6 +268,12 @@ class SplineCouplingStack(AbstractBijection):
     data, used by ``sample``) inverts them analytically; both are one pass.
 
     Weights are drawn with NumPy from ``key`` (no XLA compilation at construction).
+
+    Kept over flowjax's ``coupling_flow`` with the same start (``"flowjax_nsf"`` in
+    :func:`build_flow`), which matched its accuracy and calibration on two-moons, 10-D
+    Gaussian-linear and hopf_node but took longer per gradient step (most in 10-D) and
+    compiles when it is built, so fits and ``load_posterior`` wait longer
+    (``benchmarks/RESULTS.md``, issue 16).
 
     References
     ----------
@@ -351,9 +378,9 @@ def linear_gaussian_init(flow, s_theta, cond, ridge: float = 1e-3):
     overfitting (measured on 10-D Gaussian-linear: ``benchmarks/RESULTS.md``, section
     "Numbers moved out of docstrings").
 
-    ``flow``: from :func:`build_flow` (``"nsf"``, or ``"maf"`` with the affine map);
-    other flows are returned unchanged. ``s_theta``: ``(n, dim)``; ``cond``:
-    ``(n, cond_dim)``.
+    ``flow``: from :func:`build_flow` (``"nsf"``, ``"flowjax_nsf"``, or ``"maf"`` with
+    the affine map); other flows are returned unchanged. ``s_theta``: ``(n, dim)``;
+    ``cond``: ``(n, cond_dim)``.
     """
     bij = flow.bijection
     if isinstance(bij, SplineCouplingStack):
