@@ -442,10 +442,12 @@ class NPE:
 
     Parameters
     ----------
-    density_estimator : {"auto", "nsf", "maf", "maf_rqs"}, default "auto"
+    density_estimator : {"auto", "nsf", "maf", "maf_rqs", "flowjax_nsf"}, default "auto"
         Rational-quadratic spline coupling flow (:class:`SplineCouplingStack`),
         flowjax's masked autoregressive affine flow, or its masked autoregressive
-        spline flow. ``"auto"``: ``"nsf"``, except ``"maf"`` for a bank with trials
+        spline flow; ``"flowjax_nsf"`` is flowjax's ``coupling_flow`` with its
+        ``RationalQuadraticSpline`` and the same affine start (as accurate, slower to
+        build and step: ``benchmarks/RESULTS.md``, "Spline flows"). ``"auto"``: ``"nsf"``, except ``"maf"`` for a bank with trials
         (``simulate_bank(..., trials=K)``), where the spline flow learnt the narrowing
         with the trial count inside its spline range but left wide identity tails
         (``benchmarks/RESULTS.md``).
