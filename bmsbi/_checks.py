@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-__all__ = ["as_key", "check_positive_int", "real_array", "check_training_settings", "check_positive_fields",
+__all__ = ["as_key", "remember", "check_positive_int", "real_array", "check_training_settings", "check_positive_fields",
            "available_memory", "format_bytes"]
 
 
@@ -146,3 +146,17 @@ def format_bytes(nbytes: float) -> str:
         if abs(nbytes) < 1024 or unit == "PiB":
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1024
+
+
+def remember(cache: dict, key, build, size: int = 64):
+    """``cache[key]``, built by ``build()`` on a miss; the oldest entry goes past ``size`` entries.
+
+    ``key=None`` (a key that cannot be compared by value) builds without caching.
+    """
+    if key is None:
+        return build()
+    if key not in cache:
+        if len(cache) >= size:
+            cache.pop(next(iter(cache)))
+        cache[key] = build()
+    return cache[key]

@@ -39,9 +39,9 @@ import numpy as np
 import optax
 import paramax
 
-from ._checks import as_key, check_positive_int, check_training_settings
+from ._checks import as_key, check_positive_int, check_training_settings, remember
 
-__all__ = ["Carry", "FitConfig", "FitResult", "History", "TrainState", "compiled_epochs_cached", "fit",
+__all__ = ["Carry", "FitConfig", "FitResult", "History", "TrainState", "fit",
            "make_optimizer", "merge_brainstate", "polyak_average", "reduce_on_plateau",
            "split_brainstate", "trainable_filter"]
 
@@ -519,7 +519,6 @@ class _Plan:
 
 _COMPILED: dict = {}
 _OPTIMIZERS: dict = {}
-_CACHE_SIZE = 64
 
 
 def _static_key(obj):
@@ -542,22 +541,6 @@ def _plan_key(plan: _Plan):
     return key
 
 
-def _remember(cache: dict, key, build):
-    """``cache[key]``, built by ``build()`` on a miss (oldest entry dropped past the size)."""
-    if key is None:
-        return build()
-    if key not in cache:
-        if len(cache) >= _CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        cache[key] = build()
-    return cache[key]
-
-
-def compiled_epochs_cached() -> int:
-    """How many compiled training epochs the engine holds for reuse (see :func:`fit`)."""
-    return len(_COMPILED)
-
-
 def _optimizer(cfg: FitConfig, steps: int, optimizer):
     """The optimiser for ``cfg``: the same object for the same settings (so its epoch is reused)."""
     plateau = cfg.schedule == "plateau"
@@ -568,7 +551,7 @@ def _optimizer(cfg: FitConfig, steps: int, optimizer):
         hash(key)
     except TypeError:
         key = None
-    return _remember(_OPTIMIZERS, key, lambda: make_optimizer(cfg.learning_rate, **args))
+    return remember(_OPTIMIZERS, key, lambda: make_optimizer(cfg.learning_rate, **args))
 
 
 def _build_compiled(plan: _Plan):
@@ -866,7 +849,7 @@ def fit(params, loss_fn: Callable, data, *, key, config: FitConfig | None = None
                  ema_decay=None if cfg.ema_decay is None else float(cfg.ema_decay), plateau=plateau,
                  plateau_patience=int(cfg.plateau_patience), plateau_factor=float(cfg.plateau_factor),
                  mesh=mesh)
-    compiled = _remember(_COMPILED, _plan_key(plan), lambda: _build_compiled(plan))
+    compiled = remember(_COMPILED, _plan_key(plan), lambda: _build_compiled(plan))
 
     if mesh is not None:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -33,7 +33,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import Transform, biject_to
 
-from ._checks import as_key, real_array
+from ._checks import as_key, real_array, remember
 
 __all__ = ["Prior"]
 
@@ -677,12 +677,8 @@ class Prior:
                              f"from_unconstrained, log_det_jacobian, got {method!r}")
         frozen = tuple(sorted((k, tuple(np.asarray(v).ravel().tolist()) if np.ndim(v) else v)
                               for k, v in fixed.items()))
-        key = (self, method, frozen)
-        if key not in _JITTED:
-            if len(_JITTED) >= 256:
-                _JITTED.pop(next(iter(_JITTED)))
-            _JITTED[key] = jax.jit(functools.partial(getattr(self, method), **fixed))
-        return _JITTED[key]
+        return remember(_JITTED, (self, method, frozen),
+                        lambda: jax.jit(functools.partial(getattr(self, method), **fixed)), size=256)
 
     def __repr__(self):
         parts = ", ".join(
