@@ -711,13 +711,30 @@ class DirectPosterior(Posterior):
         theta = self._from_flow(s * stats["theta_std"] + stats["theta_mean"])
         return theta, self.prior.in_support(theta)
 
+    def _draws_jit(self, num_samples):
+        """``(params, key, c) -> (theta, ok)`` as one jitted function per ``num_samples``.
+
+        Called several times inside the sampler's trace (first draws, the rejection
+        rounds); as a nested ``jit`` it is traced and lowered once, not once per call
+        site, which is most of what a new process spends before its first draws.
+        """
+        name = ("draws", num_samples)
+        if name not in self._jit:
+            def draws(params, key, c):
+                model = eqx.combine(params[0], self._rest)
+                return self._flow_draws(model, params[1], key, c, num_samples)
+
+            self._jit[name] = jax.jit(draws)
+        return self._jit[name]
+
     def _sample_batch(self, params, key, x, num_samples):
-        model, stats, cond = self._unpack(params, x)
+        _, _, cond = self._unpack(params, x)
         keys = jax.random.split(key, x.shape[0])
         chunk = max(1, min(x.shape[0], _SAMPLES_PER_CHUNK // num_samples))
+        draws = self._draws_jit(num_samples)
         if not self._identity.any():  # every draw maps into the support: no rejection
             def one(args):
-                return self._flow_draws(model, stats, *args, num_samples)[0]
+                return draws(params, *args)[0]
 
             return jax.lax.map(one, (keys, cond), batch_size=chunk)
 
@@ -731,7 +748,7 @@ class DirectPosterior(Posterior):
             def body(state):
                 buf, count, rounds, k = state
                 k, sub = jax.random.split(k)
-                theta, ok = self._flow_draws(model, stats, sub, c, num_samples)
+                theta, ok = draws(params, sub, c)
                 buf, count = place(buf, count, theta, ok)
                 return buf, count, rounds + 1, k
 
@@ -749,7 +766,7 @@ class DirectPosterior(Posterior):
         def first(args):
             k, c = args
             k0, k = jax.random.split(k)
-            theta, ok = self._flow_draws(model, stats, k0, c, num_samples)
+            theta, ok = draws(params, k0, c)
             buf, count = place(jnp.clip(theta, low, high), 0, theta, ok)
             return rounds_up_to(_CHUNK_REJECTION_ROUNDS, c, (buf, count, 1, k))
 
