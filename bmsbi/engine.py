@@ -443,11 +443,16 @@ class FitResult:
         Per-epoch losses and the run's sizes and stop reason.
     state : TrainState
         Where the run stopped: ``fit(..., resume=result.state)`` continues it.
+    validation_rows : numpy.ndarray or None
+        Sorted indices of the rows of ``data`` held out for validation (``None`` with
+        ``validation_data`` or without a validation split): rows no step trained on,
+        for checks after the fit (NPE calibrates its base distribution on them).
     """
 
     params: Any
     history: "History"
     state: "TrainState"
+    validation_rows: np.ndarray | None = None
 
 
 class Carry(NamedTuple):
@@ -777,6 +782,7 @@ def fit(params, loss_fn: Callable, data, *, key, config: FitConfig | None = None
     # Host-side seeds from the key: no small XLA programs to compile before training.
     seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
     batch_size = int(cfg.batch_size)
+    idx_val = None
     if validation_data is not None:
         n_val = _check_data(validation_data, "validation_data")
         if jax.tree_util.tree_structure(validation_data) != jax.tree_util.tree_structure(data):
@@ -948,7 +954,8 @@ def fit(params, loss_fn: Callable, data, *, key, config: FitConfig | None = None
     history.wall_time = time.perf_counter() - start
     if mesh is not None:  # hand back ordinary single-device arrays
         best = jax.device_put(best, jax.local_devices()[0])
-    return FitResult(params=eqx.combine(best, frozen), history=history, state=snapshot(history.epochs))
+    return FitResult(params=eqx.combine(best, frozen), history=history, state=snapshot(history.epochs),
+                     validation_rows=idx_val if n_val else None)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,135 @@
+"""Calibration study: is the default NPE calibrated on bmsbi's own tasks, and what fixes it?
+
+For each task: a training bank at the task's default budget (``--num-simulations``, the
+demo's 5,000) and a separate held-out bank (``--held-out``, its own key), then, per
+contender, on the held-out pairs:
+
+- HPD expected coverage (``diagnostics.expected_coverage(method="hpd")``) and TARP
+  coverage (``method="tarp"``), each as the maximum |coverage - level| over 19 levels
+  0.05..0.95; with ``m`` held-out pairs a calibrated posterior's maximum deviation
+  is about ``0.87 / sqrt(m)`` on average (the Kolmogorov distribution's mean), 0.027 at
+  ``m = 1,000``;
+- SBC: the smallest per-parameter chi-square p-value of the ranks
+  (``diagnostics.sbc_uniformity``), against 0.01 / d (Bonferroni);
+- held-out log score: mean ``log q(theta_i | x_i)`` (larger is better; a proper score,
+  so a remedy that only widens the posterior loses here if it overdoes it).
+
+Contenders (``--contenders``): ``default`` (``bmsbi.NPE()``), ``scale``
+(``NPE(base_calibration="scale")``: the flow's base scale fitted on the validation
+rows after training) and ``ensemble2`` (the mean density of two NPEs trained with
+different keys, sampled as a mixture: the remedy of Hermans et al. 2022), each fit
+timed.
+
+    python benchmarks/calibration.py                                 # four single-node tasks
+    python benchmarks/calibration.py --tasks hopf_node --held-out 2000 --contenders default scale
+
+Results are appended to ``benchmarks/RESULTS.md`` unless ``--no-append``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import bmsbi
+import simulators
+from bmsbi import diagnostics
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENDERS = ("default", "scale")
+
+
+def held_out_metrics(post, theta, x, key) -> dict:
+    """HPD / TARP max deviation, worst SBC p-value and mean log score on held-out pairs."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    hpd = diagnostics.expected_coverage(post, theta, x, key=k1, method="hpd")
+    tarp = diagnostics.expected_coverage(post, theta, x, key=k2, method="tarp")
+    ranks = diagnostics.sbc_ranks(post, theta, x, key=k3, num_samples=1000)
+    pv = diagnostics.sbc_uniformity(ranks, 1000)
+    lp = np.asarray(post.log_prob(np.asarray(theta)[:, None, :], np.asarray(x)))[:, 0]
+    lv = np.asarray(hpd.levels)
+    at = {a: float(np.asarray(hpd.coverage)[np.argmin(np.abs(lv - a))]) for a in (0.5, 0.9)}
+    return {"hpd": hpd.max_deviation, "tarp": tarp.max_deviation, "sbc_min_p": float(np.min(pv)),
+            "log_score": float(np.mean(lp[np.isfinite(lp)])), "hpd50": at[0.5], "hpd90": at[0.9],
+            "finite": float(np.mean(np.isfinite(lp)))}
+
+
+def npe_for(contender: str) -> bmsbi.NPE:
+    if contender == "default":
+        return bmsbi.NPE()
+    if contender == "scale":
+        return bmsbi.NPE(base_calibration="scale")
+    raise ValueError(f"contender: expected one of {CONTENDERS}, got {contender!r}")
+
+
+def run_task(name: str, args) -> list[dict]:
+    task = simulators.get(name)
+    work = Path(args.work) / name
+    t0 = time.perf_counter()
+    bank = task.bank(args.num_simulations, jax.random.key(args.seed), progress=False,
+                     path=work / f"bank_{args.num_simulations}")
+    held = task.bank(args.held_out, jax.random.key(args.seed + 1000), progress=False,
+                     path=work / f"held_{args.held_out}")
+    print(f"{name}: banks {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    rows = []
+    for contender in args.contenders:
+        t0 = time.perf_counter()
+        post = npe_for(contender).fit(bank, prior=task.prior, key=jax.random.key(args.seed + 1),
+                                      progress=False)
+        fit_s = time.perf_counter() - t0
+        m = held_out_metrics(post, held.theta, held.x, jax.random.key(args.seed + 2))
+        scale = post.config.get("base_scale")
+        rows.append({"task": name, "contender": contender, "fit_s": fit_s,
+                     "epochs": len(post.history.val_loss) if post.history is not None else 0,
+                     "base_scale": scale, **m})
+        print(f"{name} {contender}: fit {fit_s:.0f} s, HPD {m['hpd']:.3f}, TARP {m['tarp']:.3f}, "
+              f"SBC min p {m['sbc_min_p']:.3g}, log score {m['log_score']:.3f}",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows, args) -> str:
+    head = ("| task | contender | fit s | HPD max dev | HPD cov. at 0.5 / 0.9 | TARP max dev | "
+            "SBC min p (d) | held-out log score | base scale |\n|---|---|---:|---:|---|---:|---|---:|---|")
+    out = [head]
+    for r in rows:
+        d = len(simulators.get(r["task"]).prior.names)
+        sc = "-" if r["base_scale"] is None else " ".join(f"{v:.2f}" for v in r["base_scale"])
+        out.append(f"| {r['task']} | {r['contender']} | {r['fit_s']:.0f} | {r['hpd']:.3f} | "
+                   f"{r['hpd50']:.3f} / {r['hpd90']:.3f} | {r['tarp']:.3f} | {r['sbc_min_p']:.3g} ({d}) | "
+                   f"{r['log_score']:.3f} | {sc} |")
+    return "\n".join(out)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", default=["hopf_node", "jansen_rit", "wilson_cowan", "montbrio"])
+    p.add_argument("--num-simulations", type=int, default=5000)
+    p.add_argument("--held-out", type=int, default=1000)
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="/tmp/bmsbi-calibration", help="bank folders (reused)")
+    p.add_argument("--no-append", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rows = [r for name in args.tasks for r in run_task(name, args)]
+    cmd = "python benchmarks/calibration.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = (f"`{cmd.strip()}` (jax {jax.__version__}, Python {platform.python_version()}, "
+            f"{args.num_simulations} training simulations, {args.held_out} held-out)\n\n" + table(rows, args))
+    print(text)
+    if not args.no_append:
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write("\n### Calibration run (issue 17)\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
