@@ -126,7 +126,7 @@ def test_an_interrupted_run_resumes_from_its_round_banks(tmp_path):
     npe = bmsbi.NPE(max_epochs=5, hidden=16, num_layers=2)
 
     def run(rounds, folder):
-        seq = bmsbi.SequentialNPE(rounds=rounds, simulations_per_round=150, npe=npe)
+        seq = bmsbi.SequentialNPE(rounds=rounds, simulations_per_round=150, npe=npe, threshold_samples=2000)
         return seq, seq.fit(sim, prior, x_obs, key=1, path=folder, progress=False)
 
     whole, _ = run(3, tmp_path / "whole")
@@ -146,7 +146,7 @@ def test_an_interrupted_run_resumes_from_its_round_banks(tmp_path):
     assert post.sample(jax.random.key(0), x_obs, 10).shape == (10, 2)
     # another setting in the same folder is refused, naming what differs
     with pytest.raises(ValueError, match=r"path: .* other settings \(differs in \['simulations_per_round'\]\)"):
-        bmsbi.SequentialNPE(rounds=3, simulations_per_round=200, npe=npe).fit(
+        bmsbi.SequentialNPE(rounds=3, simulations_per_round=200, npe=npe, threshold_samples=2000).fit(
             sim, prior, x_obs, key=1, path=tmp_path / "cut", progress=False)
 
 
