@@ -84,7 +84,8 @@ def sample_truncated_prior(posterior: Posterior, prior, x_obs, num_samples: int,
     ``batch_size`` posterior draws. Prior draws are then kept when their posterior log
     density lies above it (rejection, in batches of ``batch_size``). When the kept
     fraction shows that ``num_samples`` would take more than
-    ``num_samples / min_acceptance`` prior draws, it switches to
+    ``num_samples / min_acceptance`` prior draws (one batch is always tried, and
+    draws in hand are kept when it fills ``num_samples``), it switches to
     sampling-importance-resampling: posterior draws inside the region weighted by
     ``prior / posterior`` (bounded there, since the posterior density is at least the
     threshold), resampled with replacement, and warns.

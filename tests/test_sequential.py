@@ -75,6 +75,20 @@ def test_coverage_on_the_truncated_prior_is_within_its_binomial_band(fast_run):
     assert np.all(np.abs(cov.coverage - levels) <= band + 1e-9), (cov.coverage, band)
 
 
+def test_a_small_region_falls_back_to_importance_resampling_and_says_so(fast_run):
+    _, post, prior, _, x_obs = fast_run
+    theta, info = sample_truncated_prior(post, prior, x_obs, 2000, key=6)
+    # ~5 % kept: 2,000 draws would take ~40,000 prior draws, over 2,000 / 0.5
+    with pytest.warns(UserWarning, match="sampling-importance-resampling"):
+        sir, sir_info = sample_truncated_prior(post, prior, x_obs, 2000, key=6, min_acceptance=0.5)
+    assert info["method"] == "rejection" and sir_info["method"] == "sir" and sir.shape == (2000, 2)
+    # every draw lies in the HPD region, and both estimate the region's prior mass alike
+    assert np.all(np.asarray(post.log_prob(sir, x_obs)) >= sir_info["threshold"])
+    assert 0.7 < sir_info["truncated_prior_fraction"] / info["truncated_prior_fraction"] < 1.4
+    # resampled in proportion to the prior: its mean lies between x_obs and the prior's mean 0
+    assert np.all(np.abs(sir.mean(0) - theta.mean(0)) < 0.05)
+
+
 def test_the_posterior_saves_and_loads_with_its_rounds(fast_run, tmp_path):
     seq, post, _, _, x_obs = fast_run
     post.save(tmp_path / "p.bmsbi")
