@@ -1,7 +1,8 @@
 """bmsbi: simulation-based, amortized inference for brainmass neural-mass models.
 
 Three verbs: simulate a bank (:func:`simulate_bank`), train an estimator
-(:class:`NPE`, :class:`NLE`, :class:`NRE`), sample its posterior for any recording.
+(:class:`NPE`, :class:`NLE`, :class:`NRE`), sample its posterior for any recording;
+or spend the simulations on one observation (:class:`SequentialNPE`).
 """
 
 from ._version import __version__
@@ -15,6 +16,7 @@ from .bank import Bank, simulate_bank, simulate_at
 from . import engine, summaries, embeddings, diagnostics, plotting, ood
 from .posterior import Posterior, DirectPosterior, Inference, OutOfDistributionWarning, load_posterior
 from .estimators import NPE, NLE, NRE, MCMCPosterior
+from .sequential import SequentialNPE
 from .trainer import Trainer, TrainingHistory, EarlyStopping, ModelCheckpoint
 from .cache import enable_compilation_cache
 
@@ -42,7 +44,7 @@ def __dir__():
 if "brainmass" in _sys.modules:
     from . import discovery, tasks, datasets
 
-__all__ = ["Prior", "Recording", "RecordingSpec", "RecordingWarning", "read_recording", "Trials", "Bank", "simulate_bank", "simulate_at", "NPE", "NLE", "NRE", "Posterior", "DirectPosterior",
+__all__ = ["Prior", "Recording", "RecordingSpec", "RecordingWarning", "read_recording", "Trials", "Bank", "simulate_bank", "simulate_at", "NPE", "NLE", "NRE", "SequentialNPE", "Posterior", "DirectPosterior",
            "MCMCPosterior", "Inference", "OutOfDistributionWarning", "load_posterior", "Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint", "tasks", "discovery",
            "datasets", "engine", "summaries", "embeddings", "diagnostics", "plotting", "ood",
            "enable_compilation_cache", "__version__"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-__all__ = ["as_key", "remember", "check_positive_int", "real_array", "check_training_settings", "check_positive_fields",
+__all__ = ["as_key", "remember", "folder_path", "check_positive_int", "real_array", "check_training_settings", "check_positive_fields",
            "available_memory", "format_bytes"]
 
 
@@ -160,3 +160,23 @@ def remember(cache: dict, key, build, size: int = 64):
             cache.pop(next(iter(cache)))
         cache[key] = build()
     return cache[key]
+
+
+def folder_path(path, what: str, hint: str = ""):
+    """``path`` (str or PathLike) as a ``Path`` to a folder that exists or can be created; ``None`` stays ``None``.
+
+    ``ValueError`` naming ``path`` for another type, a file at ``path`` (``hint`` is added to
+    that message) or a file where a parent folder must be. ``what`` names the folder
+    (e.g. ``"bank folder"``).
+    """
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path: expected a folder path (str or Path), got {type(path).__name__}")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"path: {folder} is a file, expected a {what}{hint}")
+    parent = next(p for p in folder.parents if p.exists())
+    if not parent.is_dir():
+        raise ValueError(f"path: cannot create the {what} {folder}: {parent} is a file, not a folder")
+    return folder

@@ -44,7 +44,7 @@ import numpy as np
 
 from . import io as bio
 from ._checks import available_memory as _available_memory, format_bytes as _size, real_array
-from ._checks import as_key, check_positive_int
+from ._checks import as_key, check_positive_int, folder_path
 from .prior import Prior, as_prior
 
 __all__ = ["Bank", "BankMismatchError", "simulate_bank", "simulate_at"]
@@ -605,18 +605,8 @@ def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev):
 
 def _bank_folder(path) -> Path | None:
     """``path`` as a bank folder, refused early when it cannot be one."""
-    if path is None:
-        return None
-    if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"path: expected a folder path (str or Path), got {type(path).__name__}")
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"path: {folder} is a file, expected a bank folder (for a one-file bank, "
-                         "simulate without path and call bank.save('name.npz'))")
-    parent = next(p for p in folder.parents if p.exists())
-    if not parent.is_dir():
-        raise ValueError(f"path: cannot create the bank folder {folder}: {parent} is a file, not a folder")
-    return folder
+    return folder_path(path, "bank folder", " (for a one-file bank, simulate without path and call "
+                                            "bank.save('name.npz'))")
 
 
 def _check_budget(n: int, rows: int, row_bytes: int, folder: Path | None) -> None:

@@ -52,6 +52,7 @@ LAYERS = [
       "bmsbi.estimators.mcmc_posterior", "bmsbi.discovery", "bmsbi.discovery.datasets",
       "bmsbi.discovery.fit", "bmsbi.discovery.library", "bmsbi.discovery.model",
       "bmsbi.discovery.smoothing"}),
+    ("sequential inference: truncated sequential NPE", {"bmsbi.sequential"}),
     ("diagnostics", {"bmsbi.diagnostics"}),
     ("plotting", {"bmsbi.plotting"}),
     ("applications: the package namespace, command line, demo", {"bmsbi", "bmsbi.cli", "bmsbi.demo"}),
