@@ -362,3 +362,44 @@ def test_support_box_agrees_with_the_prior_support():
     want = np.asarray(prior.in_support(theta))
     assert 0.2 < want.mean() < 0.8  # the check cuts both ways
     assert (in_box == want).mean() > 0.999  # (float rounding at the very edge aside)
+
+
+# ---------------------------------------------------------------- base calibration
+def test_fitted_base_scale_recovers_a_known_scale(gl2):
+    """Pairs drawn from the flow with its base scaled by 2 give back a fitted scale of 2."""
+    from bmsbi.estimators.npe import fitted_base_scale, with_base_scale
+
+    _, post = gl2
+    model = post.model
+    x_std = np.random.default_rng(3).normal(size=(4000, 2)).astype(np.float32)
+    wide = with_base_scale(model, [2.0, 0.5])
+    cond = jax.vmap(wide.condition)(jnp.asarray(x_std))
+    s = jax.vmap(lambda k, c: wide.flow.sample(k, condition=c))(
+        jax.random.split(jax.random.key(4), len(x_std)), cond)
+    np.testing.assert_allclose(fitted_base_scale(model, np.asarray(s), x_std), [2.0, 0.5], rtol=0.05)
+
+
+def test_base_calibration_scale_keeps_an_exact_posterior_and_survives_files(tmp_path):
+    prior, bank = gaussian_linear(2, 5000, seed=5)
+    post = NPE(density_estimator="maf", base_calibration="scale").fit(
+        bank, prior=prior, key=jax.random.key(6), progress=False)
+    scale = np.asarray(post.config["base_scale"])
+    # The flow fits this problem exactly, so the held-out rows see a standard base.
+    assert scale.shape == (2,) and np.all(np.abs(scale - 1) < 0.1), scale
+    x_obs = np.array([0.3, -0.8], np.float32)
+    s = np.asarray(post.sample(jax.random.key(2), x_obs, 20000))
+    mean, sd = analytic(x_obs)
+    assert np.all(np.abs(s.mean(0) - mean) < 0.1 * sd), (s.mean(0), mean)
+    np.testing.assert_allclose(s.std(0), sd, rtol=0.1)
+    post.save(tmp_path / "p.bmsbi")
+    back = bmsbi.load_posterior(tmp_path / "p.bmsbi")
+    assert back.config["base_scale"] == post.config["base_scale"]
+    np.testing.assert_allclose(back.log_prob(s[:50], x_obs), post.log_prob(s[:50], x_obs), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, word", [({"base_calibration": "tau"}, "base_calibration"),
+                                          ({"base_calibration": "scale", "validation_fraction": 0.0},
+                                           "base_calibration")])
+def test_base_calibration_bad_input(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        NPE(**kwargs)
