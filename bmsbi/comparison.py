@@ -36,6 +36,7 @@ import numpy as np
 
 from . import engine
 from . import io as bio
+from .cache import enable_compilation_cache
 from ._checks import as_key, check_positive_fields, check_training_settings, real_array
 from .engine import History
 from .recording import RecordingSpec
@@ -641,6 +642,12 @@ def load_model_comparison(path) -> ModelComparison:
         ``path`` is missing or a folder, not a model-comparison file, truncated or altered
         (checksum), or written by a newer bmsbi.
 
+    Notes
+    -----
+    Turns on JAX's persistent compilation cache, as :func:`bmsbi.load_posterior` does
+    (:func:`bmsbi.enable_compilation_cache`), so a later process reuses the compiled
+    summary pipeline and classifier.
+
     Examples
     --------
     >>> mc = bmsbi.load_model_comparison("which_model.bmsbi")   # doctest: +SKIP
@@ -649,6 +656,7 @@ def load_model_comparison(path) -> ModelComparison:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path: expected a file path, got {type(path).__name__}")
+    enable_compilation_cache()
     header, payload = bio.read_file(path, kind=_KIND, schema_version=SCHEMA_VERSION)
     try:
         models = tuple(str(m) for m in header["models"])
@@ -661,16 +669,16 @@ def load_model_comparison(path) -> ModelComparison:
         skeleton = eqx.filter_eval_shape(_build, config, math.prod(x_shape), jax.random.key(0))
         model = eqx.tree_deserialise_leaves(_stdio.BytesIO(payload[:offset]), skeleton)
         stats = {k: np.asarray(arrays[k], np.float32).reshape(x_shape) for k in ("x_mean", "x_std")}
+        settings = {k: v for k, v in (header.get("training") or {}).items()
+                    if k in ("learning_rate", "batch_size", "max_epochs", "patience", "validation_fraction")}
+        mc = ModelComparison(hidden=config["hidden"], nn_depth=config["nn_depth"], **settings)
+        mc.models, mc.model, mc.x_shape, mc.stats, mc.config = models, model, x_shape, stats, config
+        mc.prior = _check_prior_probs(header["prior_probs"], models)
+        mc.prior_probs = dict(zip(models, mc.prior.tolist()))
+        mc.train_prior = _check_prior_probs(header.get("train_prior"), models)
+        mc.history = None if header.get("history") is None else History.from_dict(header["history"])
+        mc._set_format({"summary": header.get("summary"), "recording_shape": header.get("recording_shape"),
+                        "fs": header.get("fs"), "channels": header.get("channels")})
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"path: {os.fspath(path)!r} is not a valid model-comparison file ({err})") from None
-    settings = {k: v for k, v in (header.get("training") or {}).items()
-                if k in ("learning_rate", "batch_size", "max_epochs", "patience", "validation_fraction")}
-    mc = ModelComparison(prior_probs=dict(zip(models, header["prior_probs"])),
-                         hidden=config["hidden"], nn_depth=config["nn_depth"], **settings)
-    mc.models, mc.model, mc.x_shape, mc.stats, mc.config = models, model, x_shape, stats, config
-    mc.prior = _check_prior_probs(header["prior_probs"], models)
-    mc.train_prior = _check_prior_probs(header.get("train_prior"), models)
-    mc.history = None if header.get("history") is None else History.from_dict(header["history"])
-    mc._set_format({"summary": header.get("summary"), "recording_shape": header.get("recording_shape"),
-                    "fs": header.get("fs"), "channels": header.get("channels")})
     return mc
