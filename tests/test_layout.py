@@ -41,7 +41,7 @@ LAYERS = [
     ("foundations: checks, version, file container, compilation cache",
      {"bmsbi._checks", "bmsbi._version", "bmsbi.io", "bmsbi.cache"}),
     ("inputs: prior, summaries, recordings, trials, OOD reference, embeddings, data",
-     {"bmsbi.prior", "bmsbi.summaries", "bmsbi.recording", "bmsbi.trials", "bmsbi.ood",
+     {"bmsbi.prior", "bmsbi.summaries", "bmsbi.recording", "bmsbi.trials", "bmsbi.ood", "bmsbi.misspecification",
       "bmsbi.embeddings", "bmsbi.tasks", "bmsbi.datasets"}),
     ("simulation and training: bank, the training engine, trainer, MCMC",
      {"bmsbi.bank", "bmsbi.engine", "bmsbi.trainer", "bmsbi.mcmc"}),
