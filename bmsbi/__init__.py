@@ -8,6 +8,7 @@ or spend the simulations on one observation (:class:`SequentialNPE`).
 from ._version import __version__
 
 import sys as _sys
+import typing as _typing
 
 from .prior import Prior
 from .recording import Recording, RecordingSpec, RecordingWarning, read_recording
@@ -27,24 +28,30 @@ from .cache import enable_compilation_cache
 # right away when brainmass is already imported, so that `import brainmass, bmsbi` still
 # registers them before brainmass.datasets.load_dataset is called.
 _REGISTERING = ("discovery", "tasks", "datasets")
+# Names read from their module on first use (``bmsbi.ModelComparison``), not at ``import bmsbi``.
+_LAZY = {"ModelComparison": "comparison", "load_model_comparison": "comparison", "comparison": None}
+if _typing.TYPE_CHECKING:  # seen by type checkers and the documentation build, not at run time
+    from . import comparison
+    from .comparison import ModelComparison, load_model_comparison
 
 
 def __getattr__(name):
-    if name in _REGISTERING:
+    if name in _REGISTERING or name in _LAZY:
         import importlib
 
-        return importlib.import_module(f"{__name__}.{name}")
+        module = importlib.import_module(f"{__name__}.{_LAZY.get(name) or name}")
+        return module if _LAZY.get(name) is None else getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_REGISTERING))
+    return sorted(set(globals()) | set(_REGISTERING) | set(_LAZY))
 
 
 if "brainmass" in _sys.modules:
     from . import discovery, tasks, datasets
 
 __all__ = ["Prior", "Recording", "RecordingSpec", "RecordingWarning", "read_recording", "Trials", "Bank", "simulate_bank", "simulate_at", "NPE", "NLE", "NRE", "SequentialNPE", "Posterior", "DirectPosterior",
-           "MCMCPosterior", "Inference", "OutOfDistributionWarning", "load_posterior", "Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint", "tasks", "discovery",
+           "MCMCPosterior", "ModelComparison", "load_model_comparison", "comparison", "Inference", "OutOfDistributionWarning", "load_posterior", "Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint", "tasks", "discovery",
            "datasets", "engine", "summaries", "embeddings", "diagnostics", "plotting", "ood",
            "enable_compilation_cache", "__version__"]

@@ -1,4 +1,4 @@
-"""The ``bmsbi`` command: ``bmsbi simulate`` → ``train`` → ``infer`` → ``diagnose``, and ``demo``.
+"""The ``bmsbi`` command: ``bmsbi simulate`` → ``train`` → ``infer`` → ``diagnose``, ``compare``, ``demo``.
 
 Every verb prints one clear line on stderr and exits with status 2 on bad input
 (missing or unreadable file, wrong shape, unknown task, a file written by a newer
@@ -529,6 +529,115 @@ _REF_HELP = ("package.module:attribute naming a simulators.Task of your own (or 
 _ENTRY_POINT_GROUP = "bmsbi.tasks"  # simulators.ENTRY_POINT_GROUP; cli imports simulators lazily
 
 
+# -------------------------------------------------------------------- compare
+_COMPARE_DESCRIPTION = ("Which model? Train: `bmsbi compare BANK BANK... --out FILE` trains a "
+    "bmsbi.ModelComparison (a classifier over model indices) on one bank per candidate model (all "
+    "with the same summary and recording format) and saves it; the models are named after the "
+    "banks' tasks (else their file names) unless --names is given. Apply: `bmsbi compare --load "
+    "FILE RECORDING...` prints the posterior model probabilities of every RECORDING (files as "
+    "for `bmsbi infer`) and, with --out table.csv or table.json, writes them.")
+
+
+def _comparison_names(args, paths, banks) -> list:
+    if args.names is not None:
+        names = [n.strip() for n in args.names.split(",")]
+        if len(names) != len(banks) or not all(names):
+            raise CLIError(f"--names: expected {len(banks)} comma-separated names (one per bank), got "
+                           f"{args.names!r}")
+    else:
+        names = [_bank_task_name(b.meta) or Path(p).stem for p, b in zip(paths, banks)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise CLIError(f"--names: every model needs its own name, but {repeated} name several banks; "
+                       "pass --names")
+    return names
+
+
+def _prior_probs(text, k: int):
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise CLIError(f"--prior-probs: expected {k} comma-separated numbers, got {text!r}") from None
+    if len(values) != k:
+        raise CLIError(f"--prior-probs: expected {k} numbers (one per model), got {len(values)}")
+    return values
+
+
+def cmd_compare(args) -> None:
+    import bmsbi
+
+    if args.load is not None:
+        return _apply_comparison(args)
+    if args.out is None:
+        raise CLIError("--out: expected the file to write the trained comparison to (or --load FILE to "
+                       "apply a trained one to recordings)")
+    if len(args.paths) < 2:
+        raise CLIError(f"BANK: expected at least two banks (one per candidate model), got {len(args.paths)}")
+    out = _writable(args.out, "--out")
+    banks = [_load_bank(p) for p in args.paths]
+    names = _comparison_names(args, args.paths, banks)
+    settings = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
+    mc = bmsbi.ModelComparison(prior_probs=_prior_probs(args.prior_probs, len(banks)), **settings)
+    t0 = time.perf_counter()
+    mc.fit(dict(zip(names, banks)), key=_key(args.seed), progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    mc.save(out)
+    h = mc.history
+    sizes = ", ".join(f"{n} {len(b)}" for n, b in zip(names, banks))
+    print(f"trained a comparison of {len(names)} models ({sizes} simulations): {h.epochs} epochs in "
+          f"{seconds:.1f} s, best validation cross-entropy {h.best_val_loss:.4f}; wrote {out}")
+
+
+def _apply_comparison(args) -> None:
+    import bmsbi
+    from bmsbi.comparison import format_rows
+
+    if args.prior_probs is not None or args.names is not None or args.max_epochs is not None:
+        raise CLIError("--load: applies a trained comparison; --names, --prior-probs and --max-epochs "
+                       "belong to training")
+    fmt = None if args.out is None else Path(args.out).suffix.lower().lstrip(".")
+    if fmt is not None and fmt not in ("csv", "json"):
+        raise CLIError(f"--out: with --load it writes the table; end it in .csv or .json, got {args.out!r}")
+    if args.out is not None:
+        _writable(args.out, "--out")
+    if args.fs is not None and not (args.fs > 0 and math.isfinite(args.fs)):
+        raise CLIError(f"--fs: expected a sampling rate in Hz (a positive number), got {args.fs}")
+    p = _existing(args.load, "--load")
+    if p.is_dir():
+        raise CLIError(f"--load: {args.load} is a folder, expected a file from `bmsbi compare --out`")
+    try:
+        mc = bmsbi.load_model_comparison(p)
+    except ValueError as exc:
+        raise CLIError(f"--load: {_strip_arg(exc)}") from None
+    channels = None if args.channels is None else [c.strip() for c in args.channels.split(",")]
+    batch, labels, notes = _recordings(mc, args.paths, fs=args.fs, channels=channels)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", bmsbi.RecordingWarning)  # the notes below say it
+        rows = mc.rows(batch, labels)
+    for w in dict.fromkeys(_first_line(w.message) for w in caught):
+        print(f"bmsbi compare: warning: {w}", file=sys.stderr)
+    for note in notes:
+        print(f"bmsbi compare: warning: {note}", file=sys.stderr)
+    print(format_rows(rows, mc.models))
+    if args.out is not None:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "json":
+            path.write_text(json.dumps({"comparison": str(args.load), "models": list(mc.models),
+                                        "recordings": rows}, indent=1) + "\n")
+        else:
+            import csv
+
+            with open(path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        print(f"wrote {fmt} for {len(rows)} recordings to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bmsbi",
@@ -636,6 +745,28 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--seed", type=int, default=0)
     dg.add_argument("--quiet", action="store_true", help="no progress bars")
     dg.set_defaults(func=cmd_diagnose)
+
+    cp = sub.add_parser("compare", help="which model? train a model comparison on banks, or apply one",
+                        description=_COMPARE_DESCRIPTION)
+    cp.add_argument("paths", nargs="+", metavar="BANK|RECORDING",
+                    help="bank folders or .npz files (training), or recording files (with --load)")
+    cp.add_argument("--out", default=None, help="training: the comparison file to write (e.g. which.bmsbi); "
+                                                "with --load: a .csv or .json table of the probabilities")
+    cp.add_argument("--load", default=None, metavar="FILE",
+                    help="apply this trained comparison (from `bmsbi compare --out`) to the RECORDINGs")
+    cp.add_argument("--names", default=None, help="comma-separated model names, one per BANK (default: "
+                                                  "the banks' tasks, else their file names)")
+    cp.add_argument("--prior-probs", default=None,
+                    help="comma-separated prior model probabilities, one per BANK (default: equal)")
+    cp.add_argument("--max-epochs", type=int, default=None,
+                    help="training epochs at most (default: the classifier's own, early stopping applies)")
+    cp.add_argument("--fs", type=float, default=None, help="with --load: sampling rate (Hz) of .npy/.csv "
+                                                            "recordings (as for `bmsbi infer`)")
+    cp.add_argument("--channels", default=None, help="with --load: comma-separated channel names "
+                                                      "(as for `bmsbi infer`)")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--quiet", action="store_true", help="no progress bars")
+    cp.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("tasks", help="list the known tasks",
                        description="List the ready-made tasks and those installed packages expose "

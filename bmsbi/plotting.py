@@ -19,7 +19,7 @@ import numpy as np
 from ._checks import check_positive_int, real_array
 
 __all__ = ["plot_sbc_ecdf", "plot_coverage", "plot_zscore_shrinkage", "plot_posterior_predictive",
-           "pairplot"]
+           "plot_model_calibration", "pairplot"]
 
 
 def _figure(num_panels: int, *, panel=(3.4, 2.9), max_cols: int = 4):
@@ -199,6 +199,69 @@ def plot_coverage(coverage, *, labels=None, confidence: float = 0.95, path=None)
             transform=ax.transAxes)
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(f"Expected coverage ({items[0].num_observations} simulations)", fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_model_calibration(calibration, *, path=None):
+    """Reliability diagram and confusion matrix of a :class:`bmsbi.ModelComparison`.
+
+    Left: for each equal-width bin of the top model probability, the share of
+    held-out simulations whose most probable model was the true one (bars) against the
+    bin's mean probability (dots on the diagonal when calibrated); the bar widths'
+    shading follows the bin's share of the rows, and the title gives the expected
+    calibration error. Right: the confusion matrix (row = true model, column = most
+    probable model), as shares of each row with the counts.
+
+    Parameters
+    ----------
+    calibration : bmsbi.comparison.ComparisonCalibration
+        From :meth:`bmsbi.ModelComparison.calibration`.
+    path : str or PathLike, optional
+        Write a PNG here.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> cal = mc.calibration(heldout_banks)                      # doctest: +SKIP
+    >>> plot_model_calibration(cal, path="which_model.png")      # doctest: +SKIP
+    """
+    from .comparison import ComparisonCalibration
+
+    if not isinstance(calibration, ComparisonCalibration):
+        raise ValueError("calibration: expected a ComparisonCalibration (from ModelComparison.calibration), "
+                         f"got {type(calibration).__name__}")
+    c = calibration
+    k = len(c.models)
+    fig, (ax, cm) = _figure(2, panel=(max(4.0, 0.9 * k + 2.2), 4.0))
+    edges = np.asarray(c.bin_edges)
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    present = c.bin_count > 0
+    ax.bar(centres[present], c.bin_accuracy[present], width=width[present] * 0.92, color="C0", alpha=0.75,
+           edgecolor="C0", label="share correct")
+    ax.plot(c.bin_confidence[present], c.bin_accuracy[present], "o", color="C3", ms=4,
+            label="(mean probability, share correct)")
+    ax.plot([0, 1], [0, 1], color="0.4", lw=0.8, ls="--", label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("probability of the most probable model")
+    ax.set_ylabel("share where it is the true model")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"Reliability (ECE {c.ece:.3f}, {len(c.labels)} simulations)", fontsize=10)
+    rates = c.confusion_rates
+    cm.imshow(rates, vmin=0, vmax=1, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            cm.text(j, i, f"{rates[i, j]:.2f}\n({c.confusion[i, j]})", ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.6 else "black")
+    cm.set_xticks(range(k), c.models, rotation=30, ha="right", fontsize=8)
+    cm.set_yticks(range(k), c.models, fontsize=8)
+    cm.set_xlabel("most probable model")
+    cm.set_ylabel("true model")
+    cm.set_title(f"Confusion (accuracy {c.accuracy:.3f})", fontsize=10)
     return _finish(fig, path)
 
 

@@ -1,0 +1,202 @@
+"""A calibrated misspecification test: are these recordings unlike the simulations?
+
+:class:`MMDTest` compares observations with training simulations by the maximum mean
+discrepancy (MMD) with a Gaussian kernel, in the space of z-scored summaries, and
+gives a p-value from a simulated null: the same statistic for sets of training
+simulations held out of the reference set. Under the hypothesis "the recordings are
+simulations of the model", the p-value is (up to ``1 / (1 + num_null)``) uniform, so
+rejecting at ``p < 0.05`` flags 5 % of good recordings — whatever the model, the summary
+or the bandwidth.
+
+- One observation at a time (:meth:`MMDTest.pvalues`): the statistic is
+  ``MMD^2({x}, Y) = 1 + mean k(Y, Y) - 2 mean_j k(x, y_j)``, a kernel density score.
+- A set of ``m`` recordings together (:meth:`MMDTest.pvalue`): ``MMD^2(X, Y)``, whose
+  null is simulated with sets of ``m`` held-out simulations; more recordings, more power.
+
+The k-nearest-neighbour score of :mod:`bmsbi.ood` answers the same question for one
+observation with another distance; ``benchmarks/misspecification.py`` sets them side by
+side (false-positive rate and power; numbers in ``benchmarks/RESULTS.md``).
+
+References
+----------
+.. [1] Gretton, A., Borgwardt, K. M., Rasch, M. J., Schölkopf, B., Smola, A. (2012).
+   A kernel two-sample test. JMLR 13.
+.. [2] Schmitt, M., Bürkner, P.-C., Köthe, U., Radev, S. T. (2023). Detecting model
+   misspecification in amortized Bayesian inference with neural networks. GCPR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import check_positive_int, real_array
+
+__all__ = ["MMDTest"]
+
+_CHUNK = 1024
+
+
+def _kernel_mean(a, b, bandwidth):
+    """``(len(a),)``: mean over ``b`` of the Gaussian kernel ``exp(-|a - b|^2 / (2 h^2))``."""
+    out = np.empty(len(a))
+    bb = (b ** 2).sum(axis=1)
+    for s in range(0, len(a), _CHUNK):
+        q = a[s:s + _CHUNK]
+        d2 = np.maximum((q ** 2).sum(axis=1)[:, None] + bb[None] - 2 * q @ b.T, 0.0)
+        out[s:s + _CHUNK] = np.exp(-d2 / (2 * bandwidth ** 2)).mean(axis=1)
+    return out
+
+
+class MMDTest:
+    """MMD two-sample test of observations against training simulations, with a simulated null.
+
+    Build it with :meth:`fit` on the training observations (e.g. a bank's ``x``).
+
+    Parameters
+    ----------
+    reference : array ``(r, f)``
+        Z-scored training rows the observations are compared with.
+    pool : array ``(c, f)``
+        Z-scored training rows held out of ``reference``: the simulated null draws from them.
+    mean, std : arrays ``(f,)``
+        The z-scoring of the flattened observations.
+    bandwidth : float
+        Gaussian kernel bandwidth (median distance between reference rows by default).
+    num_null : int
+        Sets drawn for the null of a set of ``m > 1`` observations.
+    seed : int
+        Seeds the draw of those sets.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bmsbi.misspecification import MMDTest
+    >>> rng = np.random.default_rng(0)
+    >>> test = MMDTest.fit(rng.normal(size=(3000, 3)), seed=0)
+    >>> bool(test.pvalues(np.zeros((1, 3)))[0] > 0.05), bool(test.pvalues(np.full((1, 3), 6.0))[0] < 0.05)
+    (True, True)
+    >>> bool(test.pvalue(rng.normal(0.5, 1, (20, 3))) < 0.05)      # a shifted set of 20
+    True
+    """
+
+    def __init__(self, reference, pool, mean, std, bandwidth: float, *, num_null: int = 1000, seed: int = 0):
+        self.reference = np.asarray(reference, np.float64)
+        self.pool = np.asarray(pool, np.float64)
+        self.mean = np.asarray(mean, np.float64).reshape(-1)
+        self.std = np.asarray(std, np.float64).reshape(-1)
+        self.bandwidth = float(bandwidth)
+        self.num_null = check_positive_int(num_null, "num_null")
+        self.seed = int(seed)
+        if self.reference.ndim != 2 or self.pool.ndim != 2 or self.reference.shape[1] != self.mean.size \
+                or self.pool.shape[1] != self.mean.size or len(self.pool) < 2:
+            raise ValueError(f"reference: expected (r, {self.mean.size}) and pool (c >= 2, {self.mean.size}) "
+                             f"rows, got {self.reference.shape} and {self.pool.shape}")
+        if not (np.isfinite(self.bandwidth) and self.bandwidth > 0):
+            raise ValueError(f"bandwidth: expected a finite float > 0, got {bandwidth!r}")
+        # mean k(Y, Y) over the reference: the statistic's constant term
+        self._kyy = float(_kernel_mean(self.reference, self.reference, self.bandwidth).mean())
+        self._pool_k = _kernel_mean(self.pool, self.reference, self.bandwidth)  # mean_j k(p_i, y_j)
+        self._single_null = np.sort(1.0 + self._kyy - 2.0 * self._pool_k)
+        self._nulls = {}
+
+    @classmethod
+    def fit(cls, x, *, num_reference: int = 1000, num_pool: int = 2000, bandwidth=None, num_null: int = 1000,
+            seed: int = 0) -> "MMDTest":
+        """Reference and null pool drawn (disjointly) from the training observations ``x``.
+
+        Parameters
+        ----------
+        x : array ``(n, *x_shape)``
+            Training observations (finite), e.g. ``bank.x``; at least 20 rows.
+        num_reference, num_pool : int
+            Caps on the reference set and the null pool; with fewer rows, half of them
+            are the reference.
+        bandwidth : float, optional
+            Kernel bandwidth in z-scored units; default: the median distance between
+            reference rows.
+        num_null, seed : see the class (``seed`` also picks the rows).
+
+        Raises
+        ------
+        ValueError
+            Too few or non-finite rows, or a bad setting (naming it).
+        """
+        x = np.asarray(real_array(x, "x", what="training observations (n, *x_shape)"), np.float64)
+        if x.ndim < 2 or len(x) < 20:
+            raise ValueError(f"x: expected at least 20 training observations (n, *x_shape), got shape {x.shape}")
+        flat = x.reshape(len(x), -1)
+        if not np.isfinite(flat).all():
+            raise ValueError("x: training observations must be finite (drop the failed simulations first)")
+        num_reference = check_positive_int(num_reference, "num_reference")
+        num_pool = check_positive_int(num_pool, "num_pool")
+        mean, std = flat.mean(0), flat.std(0)
+        std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+        z = (flat - mean) / std
+        order = np.random.default_rng(seed).permutation(len(z))
+        n_ref = min(num_reference, len(z) // 2)
+        reference, pool = z[order[:n_ref]], z[order[n_ref:n_ref + num_pool]]
+        if bandwidth is None:
+            d2 = ((reference[:, None] - reference[None]) ** 2).sum(-1)
+            bandwidth = float(np.sqrt(np.median(d2[np.triu_indices(len(reference), 1)])))
+        return cls(reference, pool, mean, std, bandwidth, num_null=num_null, seed=seed)
+
+    def features(self, x) -> np.ndarray:
+        """Z-scored rows ``(m, f)`` of observations ``x (m, *x_shape)``; ``ValueError`` naming ``x``."""
+        flat = np.asarray(real_array(x, "x"), np.float64)
+        flat = flat.reshape(len(flat), -1) if flat.ndim >= 2 else flat.reshape(1, -1)
+        if flat.shape[1] != self.mean.size:
+            raise ValueError(f"x: expected observations of {self.mean.size} entries each (m, *x_shape), got "
+                             f"shape {np.shape(x)}")
+        return (flat - self.mean) / self.std
+
+    def statistics(self, x) -> np.ndarray:
+        """``MMD^2({x_i}, reference)`` ``(m,)`` of each observation alone (``inf`` where not finite)."""
+        z = self.features(x)
+        ok = np.isfinite(z).all(axis=1)
+        out = np.full(len(z), np.inf)
+        if ok.any():
+            out[ok] = 1.0 + self._kyy - 2.0 * _kernel_mean(z[ok], self.reference, self.bandwidth)
+        return out
+
+    def pvalues(self, x) -> np.ndarray:
+        """P-value ``(m,)`` of each observation tested alone: the share of held-out simulations
+        whose statistic is at least as large, ``(1 + count) / (1 + num_pool)``."""
+        s = self.statistics(x)
+        c = self._single_null
+        return (1.0 + c.size - np.searchsorted(c, s, side="left")) / (1.0 + c.size)
+
+    def statistic(self, x) -> float:
+        """``MMD^2(X, reference)`` (biased V-statistic) of the set of observations ``x``."""
+        z = self.features(x)
+        if not np.isfinite(z).all():
+            return float("inf")
+        kxx = _kernel_mean(z, z, self.bandwidth).mean()
+        return float(kxx + self._kyy - 2.0 * _kernel_mean(z, self.reference, self.bandwidth).mean())
+
+    def _null(self, m: int) -> np.ndarray:
+        if m not in self._nulls:
+            rng = np.random.default_rng(self.seed + m)
+            stats = np.empty(self.num_null)
+            for b in range(self.num_null):
+                rows = rng.choice(len(self.pool), size=min(m, len(self.pool)), replace=False)
+                z = self.pool[rows]
+                stats[b] = _kernel_mean(z, z, self.bandwidth).mean() + self._kyy - 2.0 * self._pool_k[rows].mean()
+            self._nulls[m] = np.sort(stats)
+        return self._nulls[m]
+
+    def pvalue(self, x) -> float:
+        """P-value of the set of observations ``x (m, *x_shape)`` tested together.
+
+        The null: ``num_null`` sets of ``m`` held-out simulations (drawn once per ``m``
+        and kept). For ``m = 1`` this is :meth:`pvalues` (the whole pool as the null).
+        """
+        z = self.features(x)
+        if len(z) == 1:
+            return float(self.pvalues(x)[0])
+        null = self._null(len(z))
+        s = self.statistic(x)
+        return float((1.0 + null.size - np.searchsorted(null, s, side="left")) / (1.0 + null.size))
+
+    def __repr__(self):
+        return (f"MMDTest(reference={len(self.reference)}, pool={len(self.pool)}, features={self.mean.size}, "
+                f"bandwidth={self.bandwidth:.3g})")
