@@ -201,3 +201,20 @@ def test_auto_posterior_sd_is_close_to_the_analytic_and_none_is_wider():
     auto, none = ratios["auto"], ratios["none"]
     assert np.all(np.abs(auto - 1) < 0.2), auto
     assert np.median(none) > np.median(auto) + 0.2, (np.median(none), np.median(auto))
+
+
+def test_nle_models_the_wide_features_in_log_space_and_keeps_it_in_its_file(tmp_path):
+    prior, bank = lognormal_bank(1000)
+    post = bmsbi.NLE(hidden=16, num_layers=2, max_epochs=5, num_chains=2, num_warmup=20).fit(
+        bank, prior=prior, key=jax.random.key(7), progress=False)
+    assert post.x_transform.log_features == (0, 1, 2)
+    again = load_posterior(post.save(tmp_path / "nle.bmsbi"))
+    assert again.x_transform == post.x_transform
+    x = np.asarray(bank.x[0])
+    theta = np.zeros((3, 2), np.float32)
+    lp = np.asarray(post.log_prob(theta, x))
+    assert np.isfinite(lp).all()
+    np.testing.assert_allclose(np.asarray(again.log_prob(theta, x)), lp, rtol=1e-5)
+    x[2] = -1.0
+    with pytest.raises(ValueError, match=r"x_obs: feature 2 is -1, but this posterior models it in log"):
+        post.log_prob(theta, x)
