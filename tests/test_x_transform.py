@@ -218,3 +218,24 @@ def test_nle_models_the_wide_features_in_log_space_and_keeps_it_in_its_file(tmp_
     x[2] = -1.0
     with pytest.raises(ValueError, match=r"x_obs: feature 2 is -1, but this posterior models it in log"):
         post.log_prob(theta, x)
+
+
+@pytest.mark.filterwarnings("ignore:recordings. recording 0. channel")  # the flat (all-zero) recording
+def test_the_transform_applies_to_the_summary_features_of_recordings():
+    from bmsbi.summaries import BandPower
+
+    summary = BandPower(fs=100.0, bands={"low": (2.0, 10.0), "high": (10.0, 40.0)}, log=False, nperseg=64)
+    prior = bmsbi.Prior({"g": dist.Normal(0.0, 1.0)})
+    rng = np.random.default_rng(1)
+    theta = rng.normal(size=(1000, 1)).astype(np.float32)
+    signals = (np.exp(2.0 * theta)[:, :, None] * rng.normal(size=(1000, 256, 1))).astype(np.float32)
+    x = np.asarray(summary.batch(signals))                 # band powers ~ exp(4 g): wide, positive
+    post = bmsbi.NPE(hidden=16, num_layers=2, max_epochs=20).fit(
+        bmsbi.Bank(theta, x, names=["g"]), prior=prior, key=jax.random.key(0), progress=False,
+        summary=summary, recording_shape=(256, 1))
+    assert post.x_transform.log_features == (0, 1)
+    res = post.infer(jax.random.key(1), signals[:4], 500)
+    err = np.abs(res.samples.mean(axis=1)[:, 0] - theta[:4, 0])
+    assert err.max() < 0.5 and not res.flagged.any()
+    with pytest.raises(ValueError, match=r"recordings: feature 0 is 0, but this posterior models it in log"):
+        post.infer(jax.random.key(1), np.zeros((256, 1), np.float32), 10)
