@@ -15,7 +15,7 @@ in ``_sample_batch`` and sets ``normalized = False``; registering it with
 
 Files (:meth:`Posterior.save`) are :mod:`bmsbi.io` containers: a JSON header
 (schema version, bmsbi version, estimator config, prior spec, normalisation
-statistics, ``x_shape``, history) and the model weights as
+statistics, observation transform, ``x_shape``, history) and the model weights as
 ``equinox.tree_serialise_leaves`` bytes, all under a SHA-256 checksum. Loading rebuilds
 the network skeleton from the config and reads the weights into it; nothing in a file
 is executed.

@@ -12,9 +12,12 @@ The rule of ``x_transform="auto"`` (:data:`LOG_SPAN`): a feature is modelled in 
 space when every bank value of it is ``> 0`` and its 99th percentile is at least
 100 times its 1st percentile (two orders of magnitude across the central 98 % of the
 simulations). Features with a zero or negative value, and narrow positive ones, stay
-as they are. ``"none"`` keeps every feature (the behaviour before transforms),
-``"log"`` takes the log of every feature (all must be positive), and a boolean mask
-(one entry per feature, flat or of the observation's shape) chooses by hand.
+as they are: at smaller spans whether the log helps depends on whether the noise is
+multiplicative or additive, which the bank's spread cannot tell
+(``benchmarks/RESULTS.md``, "Observation transforms"). ``"none"`` keeps every feature
+(the behaviour before transforms), ``"log"`` takes the log of every feature (all must
+be positive), and a boolean mask (one entry per feature, flat or of the observation's
+shape) chooses by hand.
 
 An observation whose log-modelled feature is ``<= 0`` cannot be mapped and is a
 ``ValueError`` naming the feature and its value.
