@@ -386,7 +386,7 @@ def append_results(text: str) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", nargs="+", default=list(bt.TASKS), choices=list(bt.TASKS))
+    p.add_argument("--tasks", nargs="+", default=list(bt.SBIBM_TASKS), choices=list(bt.TASKS))
     p.add_argument("--budgets", nargs="+", type=int, default=[1000, 10000])
     p.add_argument("--num-observations", type=int, default=5)
     p.add_argument("--num-samples", type=int, default=10_000,

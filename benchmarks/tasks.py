@@ -5,6 +5,9 @@ posterior estimate can be scored against exact samples with C2ST:
 
 * ``two_moons``: 2 parameters, 2 data dimensions, a bimodal crescent-shaped posterior.
 * ``gaussian_linear``: 10 parameters, 10 data dimensions, a Gaussian posterior.
+* ``lognormal_linear`` (ours, not sbibm's): 2 parameters, 4 strictly positive data
+  dimensions spanning about 16 orders of magnitude together (each about 4 on its own),
+  log-normal given the parameters, so the posterior is Gaussian and exact (issue 17).
 
 Each task offers a JAX simulator ``simulate(theta (d,), key) -> x (d_x,)`` (vmap it
 for banks), a JAX prior sampler, the prior in plain numbers (bounds or scale), a set of
@@ -51,6 +54,7 @@ __all__ = [
     "observations",
     "two_moons_map",
     "two_moons_log_likelihood",
+    "lognormal_linear_posterior_moments",
     "c2st",
 ]
 
@@ -215,6 +219,47 @@ def _gaussian_linear_reference(x_obs, num_samples, seed):
 
 
 # ---------------------------------------------------------------------------------
+# Log-normal linear (ours): positive observations over orders of magnitude
+# ---------------------------------------------------------------------------------
+# log x = A theta + b + sigma eps, theta ~ N(0, I_2), eps ~ N(0, I_4). Each feature's log
+# has sd about 2.1 (its 1st to 99th percentile span about 10^4); the offsets b put the
+# features at 10^-3 .. 10^5, so together they cover about 10^-7 .. 10^9.
+_LN_A = np.array([[2.0, 0.0], [0.0, 2.0], [1.5, 1.5], [1.5, -1.5]])
+_LN_B = math.log(10.0) * np.array([-3.0, 0.0, 2.0, 5.0])
+_LN_SIGMA = 0.5
+
+
+def _lognormal_linear_simulate(theta, key):
+    theta = jnp.asarray(theta)
+    eps = jax.random.normal(key, (_LN_A.shape[0],))
+    return jnp.exp(jnp.asarray(_LN_A, jnp.float32) @ theta + jnp.asarray(_LN_B, jnp.float32)
+                   + _LN_SIGMA * eps)
+
+
+def _lognormal_linear_numpy_simulate(theta, rng):
+    theta = np.asarray(theta, dtype=np.float64)
+    return np.exp(_LN_A @ theta + _LN_B + _LN_SIGMA * rng.normal(size=_LN_A.shape[0]))
+
+
+def lognormal_linear_posterior_moments(x_obs):
+    """Analytic posterior of ``lognormal_linear``: Gaussian ``(mean (2,), cov (2, 2))``.
+
+    ``y = log x = A theta + b + sigma eps`` is Gaussian-linear in ``theta`` with prior
+    ``N(0, I)``: precision ``I + A^T A / sigma^2``, mean ``cov A^T (y - b) / sigma^2``.
+    """
+    y = np.log(np.asarray(x_obs, dtype=np.float64).reshape(_LN_A.shape[0]))
+    precision = np.eye(_LN_A.shape[1]) + _LN_A.T @ _LN_A / _LN_SIGMA**2
+    cov = np.linalg.inv(precision)
+    return cov @ _LN_A.T @ (y - _LN_B) / _LN_SIGMA**2, cov
+
+
+def _lognormal_linear_reference(x_obs, num_samples, seed):
+    mean, cov = lognormal_linear_posterior_moments(x_obs)
+    rng = np.random.default_rng(seed)
+    return rng.multivariate_normal(mean, cov, size=num_samples)
+
+
+# ---------------------------------------------------------------------------------
 # Task records
 # ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -306,11 +351,24 @@ TASKS: dict[str, Task] = {
         numpy_simulate=_gaussian_linear_numpy_simulate,
         reference_posterior=_gaussian_linear_reference,
     ),
+    "lognormal_linear": Task(
+        name="lognormal_linear",
+        dim_theta=_LN_A.shape[1],
+        dim_x=_LN_A.shape[0],
+        prior_kind="normal",
+        prior_low=np.zeros(_LN_A.shape[1]),
+        prior_high=np.ones(_LN_A.shape[1]),
+        simulate=_lognormal_linear_simulate,
+        numpy_simulate=_lognormal_linear_numpy_simulate,
+        reference_posterior=_lognormal_linear_reference,
+    ),
 }
+# The sbibm tasks (what benchmarks/npe_vs_sbi.py runs by default).
+SBIBM_TASKS = ("two_moons", "gaussian_linear")
 
 
 def get_task(name: str) -> Task:
-    """Look up a task by name (``"two_moons"`` or ``"gaussian_linear"``)."""
+    """Look up a task by name (``"two_moons"``, ``"gaussian_linear"`` or ``"lognormal_linear"``)."""
     try:
         return TASKS[name]
     except KeyError:

@@ -7,7 +7,10 @@ functions here turn any of these into one array ``(m, *x_shape)`` — or ``(m, k
 *x_shape)`` for trials, absent trials NaN — and say where every row came from
 (:class:`Prepared`). Each takes the posterior as its first argument and reads only its
 public attributes (``x_shape``, ``summary``, ``recording_shape``,
-``recording_spec``, ``config``, ``max_trials``, ``sums_trials``, ``ood``).
+``recording_spec``, ``config``, ``max_trials``, ``sums_trials``, ``ood``,
+``x_transform``). Observations that the posterior's ``x_transform`` cannot map (a
+value ``<= 0`` in a feature it models in log space) are a ``ValueError`` in
+:func:`observations` and :func:`raw_observations` alike.
 
 - :func:`observations`: checked (finite) observations for ``sample``, ``log_prob`` and
   ``map``, warning once about changes made to recordings and (optionally) about
@@ -200,9 +203,11 @@ def observations(post, data, *, warn_ood: bool, arg="x_obs", long: str = "refuse
     """
     data = _checked_input(data, arg)
     if _is_trials_input(data) or _is_trial_batch(post, data):
-        return _trial_observations(post, data, arg, long, warn_ood=warn_ood)
-    x, batched = _single_observations(post, data, warn_ood=warn_ood, arg=arg, long=long)
-    return (_pad_trials(post, x[:, None]) if _pads_trials(post) else x), batched
+        x, batched = _trial_observations(post, data, arg, long, warn_ood=warn_ood)
+    else:
+        x, batched = _single_observations(post, data, warn_ood=warn_ood, arg=arg, long=long)
+        x = _pad_trials(post, x[:, None]) if _pads_trials(post) else x
+    return x, batched
 
 
 def _single_observations(post, data, *, warn_ood: bool, arg="x_obs", long: str = "refuse"):
@@ -215,9 +220,12 @@ def _single_observations(post, data, *, warn_ood: bool, arg="x_obs", long: str =
                                     not _is_observation_shape(post, np.shape(data))):
         if _is_recording_input(data):
             prepare(post, data, arg, long)  # raises: no summary pipeline
-        return _check_observations(post, data, arg)
+        x, batched = _check_observations(post, data, arg)
+        post.x_transform.check(x, arg)
+        return x, batched
     prepared = prepare(post, data, arg, long)
     x, batched = prepared.x, prepared.batched
+    post.x_transform.check(x, arg)
     if prepared.made:
         warnings.warn(f"{arg}: " + "; ".join(prepared.made), RecordingWarning, stacklevel=3)
     bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
@@ -305,6 +313,7 @@ def _trial_prepared(post, data, arg: str, long: str, *, strict: bool) -> Prepare
 def _trial_observations(post, data, arg, long, *, warn_ood: bool):
     """Finite experiments of trials and ``batched``, warning as :func:`observations` does."""
     prepared = _trial_prepared(post, data, arg, long, strict=True)
+    post.x_transform.check(prepared.x, arg)
     if prepared.made:
         warnings.warn(f"{arg}: " + "; ".join(prepared.made), RecordingWarning, stacklevel=4)
     if warn_ood and post.ood is not None:
@@ -324,9 +333,12 @@ def finite_rows(post, x) -> np.ndarray:
 def ood_scores(post, x, pvalue: bool = False):
     """``post.ood`` scores (or p-values) of prepared observations ``x``, ``(m,)``.
 
-    For trials, the median over each experiment's present trials (an experiment with
-    none scores ``inf``, p-value 0). ``post.ood`` must not be ``None``.
+    ``x`` as the user gave it: it goes through ``post.x_transform`` (the reference holds
+    the training observations as the network saw them). For trials, the median over
+    each experiment's present trials (an experiment with none scores ``inf``, p-value
+    0). ``post.ood`` must not be ``None``.
     """
+    x = post.x_transform.apply(np.asarray(x))
     fn = post.ood.pvalue if pvalue else post.ood.score
     if x.ndim == len(post.x_shape) + 1:
         return fn(x)
@@ -346,9 +358,12 @@ def raw_observations(post, data, arg="x_obs", long: str = "refuse") -> Prepared:
     raw recordings or trials: what ``infer`` and ``ood_score`` flag rather than refuse."""
     data = _checked_input(data, arg)
     if _is_trials_input(data) or _is_trial_batch(post, data):
-        return _trial_prepared(post, data, arg, long, strict=False)
-    p = _single_raw_observations(post, data, arg, long)
-    return p._replace(x=_pad_trials(post, p.x[:, None])) if _pads_trials(post) else p
+        p = _trial_prepared(post, data, arg, long, strict=False)
+    else:
+        p = _single_raw_observations(post, data, arg, long)
+        p = p._replace(x=_pad_trials(post, p.x[:, None])) if _pads_trials(post) else p
+    post.x_transform.check(p.x, arg)
+    return p
 
 
 def _single_raw_observations(post, data, arg="x_obs", long: str = "refuse") -> Prepared:

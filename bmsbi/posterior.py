@@ -15,7 +15,7 @@ in ``_sample_batch`` and sets ``normalized = False``; registering it with
 
 Files (:meth:`Posterior.save`) are :mod:`bmsbi.io` containers: a JSON header
 (schema version, bmsbi version, estimator config, prior spec, normalisation
-statistics, ``x_shape``, history) and the model weights as
+statistics, observation transform, ``x_shape``, history) and the model weights as
 ``equinox.tree_serialise_leaves`` bytes, all under a SHA-256 checksum. Loading rebuilds
 the network skeleton from the config and reads the weights into it; nothing in a file
 is executed.
@@ -49,6 +49,7 @@ from .inference import Inference, OutOfDistributionWarning, ood_message
 from .observations import finite_rows, observations, ood_scores, prepare, raw_observations
 from .prior import Prior, as_prior
 from .recording import Recording, RecordingSpec, RecordingWarning
+from .xtransform import XTransform
 
 __all__ = ["Posterior", "DirectPosterior", "Inference", "OutOfDistributionWarning", "load_posterior",
            "RecordingWarning",
@@ -59,7 +60,9 @@ __all__ = ["Posterior", "DirectPosterior", "Inference", "OutOfDistributionWarnin
 #    (arrays appended to the payload); version-1 files still load.
 # 3: the recordings' sampling rate and channel names (data.recording_fs,
 #    data.recording_channels); version-1 and -2 files load with both unknown.
-SCHEMA_VERSION = 3
+# 4: the observation transform (x_transform, bmsbi.xtransform); older files load with
+#    none (every feature z-scored as it is).
+SCHEMA_VERSION = 4
 _KIND = "posterior"
 # Samples processed together per observation chunk when sampling many observations.
 _SAMPLES_PER_CHUNK = 1 << 18
@@ -145,6 +148,11 @@ class Posterior:
         Estimator architecture (JSON).
     normalized : bool
         Whether :meth:`log_prob` is a normalised density (``True`` for NPE).
+    x_transform : bmsbi.xtransform.XTransform
+        Which observation features the network sees in log space (chosen at fit time
+        from the bank, ``x_transform=`` of the estimator); applied to every
+        observation before it is z-scored. None transformed for posteriors built by
+        hand or saved before transforms existed.
     """
 
     normalized = True
@@ -153,9 +161,14 @@ class Posterior:
     sums_trials = False
 
     def __init__(self, *, prior: Prior, x_shape, config: dict, history: History | None = None,
-                 training: dict | None = None):
+                 training: dict | None = None, x_transform: XTransform | None = None):
         self.prior = as_prior(prior)
         self.x_shape = tuple(int(s) for s in x_shape)
+        if x_transform is not None and (not isinstance(x_transform, XTransform)
+                                        or x_transform.x_shape != self.x_shape):
+            raise ValueError(f"x_transform: expected a bmsbi.xtransform.XTransform for x_shape "
+                             f"{self.x_shape}, got {x_transform!r}")
+        self.x_transform = XTransform.identity(self.x_shape) if x_transform is None else x_transform
         self.config = dict(config)
         self.history = history
         self.training = dict(training or {})
@@ -179,7 +192,8 @@ class Posterior:
         sampling rate and channel names (else taken from ``meta["fs"]`` and
         ``meta["channels"]`` when ``meta["recording_shape"]`` is the shape used).
         An OOD reference (:class:`bmsbi.ood.OODReference`, seeded by ``seed``) is fitted
-        to ``x`` when it has at least 100 rows. Returns the posterior itself.
+        to ``x`` (through :attr:`x_transform`, as the network sees it) when it has at
+        least 100 rows. Returns the posterior itself.
         """
         from . import summaries
         from .ood import OODReference
@@ -216,7 +230,7 @@ class Posterior:
             fs, channels = spec.fs, spec.channels
         self.summary, self.recording_shape = summary, recording_shape
         self.recording_fs, self.recording_channels = fs, channels
-        x = np.asarray(x)
+        x = self.x_transform.apply(np.asarray(x))
         self.ood = OODReference.fit(x, seed=seed) if len(x) >= 100 else None
         return self
 
@@ -640,7 +654,7 @@ class Posterior:
                   "names": list(self.names), "x_shape": list(self.x_shape),
                   "config": self.config, "training": _json_clean(self.training),
                   "history": None if self.history is None else self.history.to_dict(),
-                  **entries}
+                  "x_transform": self.x_transform.to_dict(), **entries}
         ood_entries, arrays = (None, {}) if self.ood is None else self.ood.to_file()
         extra, index = bio.pack_arrays(arrays)
         header["data"] = {
@@ -678,9 +692,10 @@ class DirectPosterior(Posterior):
     """
 
     def __init__(self, model, *, prior, x_shape, stats: dict, config: dict,
-                 history: History | None = None, training: dict | None = None):
+                 history: History | None = None, training: dict | None = None,
+                 x_transform: XTransform | None = None):
         super().__init__(prior=prior, x_shape=x_shape, config=config, history=history,
-                         training=training)
+                         training=training, x_transform=x_transform)
         self.model = model
         self.stats = {k: np.asarray(stats[k], np.float32)
                       for k in ("theta_mean", "theta_std", "x_mean", "x_std")}
@@ -693,6 +708,7 @@ class DirectPosterior(Posterior):
     def _unpack(self, params, x):
         arrays, stats = params
         model = eqx.combine(arrays, self._rest)
+        x = self.x_transform.apply(x)
         cond = jax.vmap(model.condition)((x - stats["x_mean"]) / stats["x_std"])
         return model, stats, cond
 
@@ -935,13 +951,14 @@ def load_posterior(path) -> Posterior:
     history = None if header.get("history") is None else History.from_dict(header["history"])
     data = header.get("data")
     if data is None:  # schema version 1: weights only
-        return _POSTERIOR_TYPES[name]._from_file(header, payload, prior, history)
+        return _with_transform(_POSTERIOR_TYPES[name]._from_file(header, payload, prior, history), header)
     try:
         offset = int(data["arrays_offset"])
         arrays = bio.unpack_arrays(payload[offset:], data["arrays_index"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"path: the file's data section is malformed ({err})") from None
-    post = _POSTERIOR_TYPES[name]._from_file(header, payload[:offset], prior, history)
+    post = _with_transform(_POSTERIOR_TYPES[name]._from_file(header, payload[:offset], prior, history),
+                           header)
     from . import summaries
     from .ood import OODReference
 
@@ -956,4 +973,10 @@ def load_posterior(path) -> Posterior:
             raise ValueError(f"path: the file's recording spec is malformed ({err})") from None
         post.recording_fs, post.recording_channels = spec.fs, spec.channels
     post.ood = None if data.get("ood") is None else OODReference.from_file(data["ood"], arrays)
+    return post
+
+
+def _with_transform(post: Posterior, header: dict) -> Posterior:
+    """``post`` with the file's observation transform (schema 4; none in older files)."""
+    post.x_transform = XTransform.from_dict(header.get("x_transform"), post.x_shape)
     return post

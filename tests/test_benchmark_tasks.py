@@ -115,6 +115,32 @@ def test_gaussian_linear_posterior_is_bayes_rule():
     np.testing.assert_allclose((theta - x / 2).var(0), 0.05, rtol=0.03)
 
 
+def test_lognormal_linear_reference_is_bayes_rule():
+    # Importance weighting of 400,000 prior draws by the log-normal likelihood of x_obs
+    # agrees with the analytic Gaussian posterior (mean and sd).
+    task = tasks.TASKS["lognormal_linear"]
+    _, x_obs = tasks.observation(task, 2)
+    assert x_obs.min() > 0
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(400_000, 2))
+    y = np.log(x_obs)
+    resid = y - (theta @ tasks._LN_A.T + tasks._LN_B)
+    logw = -0.5 * (resid**2).sum(1) / tasks._LN_SIGMA**2
+    w = np.exp(logw - logw.max())
+    w /= w.sum()
+    mean = w @ theta
+    sd = np.sqrt(w @ (theta - mean) ** 2)
+    ref_mean, ref_cov = tasks.lognormal_linear_posterior_moments(x_obs)
+    np.testing.assert_allclose(mean, ref_mean, atol=0.02)
+    np.testing.assert_allclose(sd, np.sqrt(np.diag(ref_cov)), rtol=0.05)
+    ref = task.reference_posterior(x_obs, 100_000, seed=1)
+    np.testing.assert_allclose(ref.mean(0), ref_mean, atol=0.005)
+    # the features span orders of magnitude (what the task is for)
+    _, x = task.simulate_bank(jax.random.key(0), 5000)
+    span = np.quantile(x, 0.99, axis=0) / np.quantile(x, 0.01, axis=0)
+    assert span.min() > 1e3 and x.max() / x.min() > 1e12
+
+
 def test_c2st_same_distribution_is_chance():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(1000, 2))

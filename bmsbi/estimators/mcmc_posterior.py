@@ -37,9 +37,9 @@ class MCMCPosterior(Posterior):
     sums_trials = True
 
     def __init__(self, model, *, prior, x_shape, stats: dict, config: dict, history=None,
-                 training=None, mcmc: dict | None = None):
+                 training=None, mcmc: dict | None = None, x_transform=None):
         super().__init__(prior=prior, x_shape=x_shape, config=config, history=history,
-                         training=training)
+                         training=training, x_transform=x_transform)
         self.model = model
         self.stats = {k: np.asarray(stats[k], np.float32)
                       for k in ("theta_mean", "theta_std", "x_mean", "x_std")}
@@ -56,7 +56,7 @@ class MCMCPosterior(Posterior):
         inside = self.prior.in_support(theta)
         safe = jnp.where(inside, theta, self.prior.interior_point())
         s = (self.prior.to_unconstrained(safe) - stats["theta_mean"]) / stats["theta_std"]
-        x_std = (x - stats["x_mean"]) / stats["x_std"]
+        x_std = (self.x_transform.apply(x) - stats["x_mean"]) / stats["x_std"]
         if x.ndim == len(self.x_shape) + 1:  # iid trials (K, *x_shape); absent ones NaN
             present = trial_mask(x, len(self.x_shape))
             x_std = jnp.where(present.reshape((-1,) + (1,) * len(self.x_shape)), x_std, 0.0)
@@ -94,7 +94,10 @@ class MCMCPosterior(Posterior):
 
 def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, summary=None,
                      recording_shape=None):
-    """Shared ``fit`` of NLE and NRE: standardise, train ``build_model(...)`` on ``loss``.
+    """Shared ``fit`` of NLE and NRE: transform and standardise ``x``, train ``build_model(...)`` on ``loss``.
+
+    ``x`` goes through the :class:`bmsbi.xtransform.XTransform` that
+    ``estimator.x_transform`` chooses from the bank (as in :meth:`bmsbi.NPE.fit`).
 
     ``build_model(key, dim, x_shape, data)`` returns a fresh model (``data``: the
     standardised ``(s_theta, x_std)`` it will be trained on, for data-based starts); ``loss(model, static,
@@ -104,6 +107,7 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
     from .. import engine
     from .._checks import as_key
     from ..posterior import check_bank_prior
+    from ..xtransform import XTransform
     from .npe import standardisation
 
     key = as_key(key)
@@ -114,6 +118,8 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
         theta, x = np.repeat(theta, trials, axis=0), x.reshape((-1,) + x.shape[2:])
     x_shape = tuple(x.shape[1:])
     z = np.asarray(prior.to_unconstrained(jnp.asarray(theta)), dtype=np.float64)
+    x_transform = XTransform.choose(estimator.x_transform, x)
+    x = x_transform.apply(x)
     stats = standardisation(z, x, "independent")
     s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
     x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
@@ -128,7 +134,8 @@ def fit_unnormalised(estimator, bank, prior, key, build_model, loss, progress, s
     stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
     config = {**estimator.config(), **({"trials": int(trials)} if trials else {})}
     post = MCMCPosterior(model, prior=prior, x_shape=x_shape, stats=stats, config=config,
-                         history=history, training=t, mcmc=estimator.mcmc_config())
+                         history=history, training=t, mcmc=estimator.mcmc_config(),
+                         x_transform=x_transform)
     return post.attach_training_data(first, summary=summary, recording_shape=recording_shape,
                              meta=getattr(bank, "meta", None))
 

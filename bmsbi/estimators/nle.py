@@ -24,6 +24,7 @@ import paramax
 
 from .._checks import check_positive_fields, check_training_settings
 from ..posterior import register_model_builder
+from ..xtransform import check_x_transform
 from .mcmc_posterior import MCMCPosterior, UnnormalisedEstimator, fit_unnormalised
 from .npe import build_flow, linear_gaussian_init
 
@@ -66,6 +67,9 @@ class NLE(UnnormalisedEstimator):
         "Gaussian-linear 10-D at 10k").
     num_chains, num_warmup, thin :
         NUTS settings of the returned posterior (chains per observation).
+    x_transform : {"auto", "none", "log"} or sequence of bool, default "auto"
+        Which features of ``x`` are modelled in log space, as in :class:`bmsbi.NPE`
+        (decided on the bank at fit time; ``posterior.x_transform``).
 
     Examples
     --------
@@ -98,8 +102,10 @@ class NLE(UnnormalisedEstimator):
     num_warmup: int = 300
     thin: int = 1
     linear_init: bool = True
+    x_transform: str | tuple = "auto"
 
     def __post_init__(self):
+        self.x_transform = check_x_transform(self.x_transform)
         if self.density_estimator not in ("nsf", "maf", "maf_rqs"):
             raise ValueError(f"density_estimator: expected 'nsf', 'maf' or 'maf_rqs', got "
                              f"{self.density_estimator!r}")

@@ -8,9 +8,10 @@ Spaces. ``theta`` is first mapped to the prior's unconstrained space (numpyro's
 ``biject_to``; a log for a positive scale), except that by default
 (``theta_space="auto"``) parameters with a ``Uniform`` prior keep their own
 coordinates, and z-scored with the training-set mean and standard deviation; ``x`` is
-z-scored likewise. The flow lives in that standardised space. Samples are mapped back
-through the bijection, and draws outside a Uniform parameter's bounds are rejected
-and drawn again, so every sample lies inside the prior's support; densities include
+z-scored likewise, after features that are positive and span orders of magnitude are
+taken to log space (``x_transform``, :mod:`bmsbi.xtransform`). The flow lives in
+that standardised space. Samples are mapped back through the bijection, and draws
+outside a Uniform parameter's bounds are rejected and drawn again, so every sample lies inside the prior's support; densities include
 the Jacobians of both maps and, with rejection, the flow's mass inside the support.
 
 References
@@ -44,6 +45,7 @@ from .. import engine
 from .._checks import as_key, check_training_settings
 from ..embeddings import Embedding, TrialEmbedding, embedding_from_config
 from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identity_mask, register_model_builder
+from ..xtransform import XTransform, check_x_transform
 
 __all__ = ["NPE", "build_flow", "SplineCouplingStack", "ConditionalAffine",
            "linear_gaussian_init"]
@@ -470,6 +472,20 @@ class NPE:
         for ``x`` of 2 or more axes, one scalar for 1-D ``x``; ``auto`` is
         ``independent`` without an embedding or with an ``MLPEmbedding``, else
         ``structured``.
+    x_transform : {"auto", "none", "log"} or sequence of bool, default "auto"
+        Which features of ``x`` the flow sees in log space (before z-scoring), decided
+        at fit time from the bank (:class:`bmsbi.xtransform.XTransform`).
+        ``"auto"``: the features whose bank values are all ``> 0`` and whose 99th
+        percentile is at least 100 times their 1st percentile (with a structured
+        embedding: whole channels, pooled); ``"none"``: no feature (the behaviour
+        before this option); ``"log"``: every feature (all must be positive); a
+        boolean mask, one entry per feature (flat or of ``x``'s shape), chooses by
+        hand. The posterior reports its choice as ``posterior.x_transform``, stores it
+        in its file and applies it to every observation (a value ``<= 0`` in a
+        log-space feature is a ``ValueError``). A linear z-score of such features
+        leaves most simulations crowded in a sliver of the flow's input, and the
+        posterior comes out much wider (``benchmarks/RESULTS.md``, "Observation
+        transforms").
     learning_rate : float, default 2e-3
         Peak Adam learning rate.
     schedule : None, "cosine", "warmup_cosine", "onecycle", "plateau" or callable, default "warmup_cosine"
@@ -549,6 +565,16 @@ class NPE:
     ...                                     key=jax.random.key(2), progress=False)
     >>> post.sample(jax.random.key(3), jnp.zeros(2), 100).shape
     (100, 2)
+
+    Observations that span orders of magnitude are modelled in log space:
+
+    >>> rates = jnp.exp(3.0 * theta + 0.1 * jax.random.normal(jax.random.key(4), theta.shape))
+    >>> post = bmsbi.NPE(max_epochs=20).fit(bmsbi.Bank(theta, rates), prior=prior,
+    ...                                     key=jax.random.key(2), progress=False)
+    >>> post.x_transform
+    XTransform(log features [0, 1] of 2, x_shape=(2,), rule='auto')
+    >>> bmsbi.NPE(x_transform=[True, False]).x_transform  # by hand: log for the first only
+    (True, False)
     """
 
     density_estimator: str = "auto"
@@ -572,9 +598,11 @@ class NPE:
     ema_decay: float | None = 0.995
     truncation_fraction: float = 0.25
     summary_noise: float = 0.0
+    x_transform: str | tuple = "auto"
     base_calibration: str = "none"
 
     def __post_init__(self):
+        self.x_transform = check_x_transform(self.x_transform)
         if self.density_estimator not in ("auto", *_ESTIMATORS):
             raise ValueError(f"density_estimator: expected 'auto' or one of {_ESTIMATORS}, got "
                              f"{self.density_estimator!r}")
@@ -663,7 +691,11 @@ class NPE:
         identity = identity_mask(prior, self.theta_space)  # these keep their own coordinates
         z = np.asarray(prior.jitted("to_unconstrained", keep=identity)(theta),
                        dtype=np.float64)
-        stats = standardisation(z, x.reshape((-1,) + x_shape), self._z_mode(x_shape))
+        mode = self._z_mode(x_shape)
+        x_transform = XTransform.choose(self.x_transform, x.reshape((-1,) + x_shape),
+                                        per_channel=mode == "structured")
+        x_raw, x = x, x_transform.apply(x)
+        stats = standardisation(z, x.reshape((-1,) + x_shape), mode)
         s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
         x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
 
@@ -699,8 +731,8 @@ class NPE:
         stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
         post = DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
                                config=config, history=history,
-                               training=self.training_config())
-        return post.attach_training_data(x[:, 0] if trials else x, summary=summary,  # one trial per simulation
+                               training=self.training_config(), x_transform=x_transform)
+        return post.attach_training_data(x_raw[:, 0] if trials else x_raw, summary=summary,  # one trial per simulation
                                  recording_shape=recording_shape, meta=getattr(bank, "meta", None))
 
     def fit_config(self, num_simulations: int) -> engine.FitConfig:

@@ -24,6 +24,7 @@ import numpy as np
 import paramax
 
 from ..posterior import register_model_builder
+from ..xtransform import check_x_transform
 from .mcmc_posterior import MCMCPosterior, UnnormalisedEstimator, fit_unnormalised
 from .._checks import check_positive_fields, check_training_settings
 
@@ -91,6 +92,9 @@ class NRE(UnnormalisedEstimator):
         Passed to :func:`bmsbi.engine.fit`.
     num_chains, num_warmup, thin :
         NUTS settings of the returned posterior.
+    x_transform : {"auto", "none", "log"} or sequence of bool, default "auto"
+        Which features of ``x`` are modelled in log space, as in :class:`bmsbi.NPE`
+        (decided on the bank at fit time; ``posterior.x_transform``).
 
     Examples
     --------
@@ -121,8 +125,10 @@ class NRE(UnnormalisedEstimator):
     num_chains: int = 4
     num_warmup: int = 300
     thin: int = 1
+    x_transform: str | tuple = "auto"
 
     def __post_init__(self):
+        self.x_transform = check_x_transform(self.x_transform)
         check_training_settings(self)
         check_positive_fields(self, ("hidden", "nn_depth", "num_contrastive", "batch_size", "max_epochs",
                                "num_chains", "num_warmup", "thin"))
