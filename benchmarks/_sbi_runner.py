@@ -14,10 +14,13 @@ IN.npz holds
     prior_kind ()                  "uniform" or "normal"
     prior_a (d,), prior_b (d,)     low/high (uniform) or loc/scale (normal)
     torch_threads ()               optional; torch intra-op threads (0: torch's default)
+    theta_obs (m, d)               optional; then OUT.npz also holds the posterior's log
+                                   density at each draw and at theta_obs[i] given x_obs[i]
 
 OUT.npz holds
     samples (m, num_samples, d), train_s (), sample_s (m,), epochs (),
     torch_threads (), sbi_version (), torch_version ()
+    log_prob_samples (m, num_samples), log_prob_theta (m,)   with theta_obs
 
 sbi is used as its documentation shows: ``NPE(prior, density_estimator="nsf")`` with
 its defaults (batch 200, lr 5e-4, 10 % validation, stop after 20 epochs without
@@ -68,12 +71,23 @@ def main(path_in: str, path_out: str) -> None:
     epochs = int(inference.summary["epochs_trained"][-1])
     posterior = inference.build_posterior(estimator)
 
-    samples, sample_s = [], []
-    for x_o in x_obs:
+    theta_obs = torch.as_tensor(data["theta_obs"], dtype=torch.float32) if "theta_obs" in data else None
+    samples, sample_s, lp_samples, lp_theta = [], [], [], []
+    for i, x_o in enumerate(x_obs):
         t0 = time.perf_counter()
         draws = posterior.sample((num_samples,), x=x_o, show_progress_bars=False)
         sample_s.append(time.perf_counter() - t0)
         samples.append(draws.numpy())
+        if theta_obs is not None:  # densities of one observation: its normaliser cancels in HPD ranks
+            with torch.no_grad():
+                lp = posterior.log_prob(torch.cat([draws, theta_obs[i:i + 1]]), x=x_o,
+                                        norm_posterior=False)
+            lp_samples.append(lp[:-1].numpy())
+            lp_theta.append(float(lp[-1]))
+    extra = {}
+    if theta_obs is not None:
+        extra = {"log_prob_samples": np.stack(lp_samples).astype(np.float64),
+                 "log_prob_theta": np.asarray(lp_theta, np.float64)}
 
     np.savez(
         path_out,
@@ -84,6 +98,7 @@ def main(path_in: str, path_out: str) -> None:
         torch_threads=np.int64(torch.get_num_threads()),
         sbi_version=np.str_(sbi.__version__),
         torch_version=np.str_(torch.__version__),
+        **extra,
     )
     print(
         f"sbi {sbi.__version__} {str(data['task'])} n={theta.shape[0]}: "

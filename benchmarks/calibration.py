@@ -16,9 +16,11 @@ contender, on the held-out pairs:
 
 Contenders (``--contenders``): ``default`` (``bmsbi.NPE()``), ``scale``
 (``NPE(base_calibration="scale")``: the flow's base scale fitted on the validation
-rows after training) and ``ensemble2`` (the mean density of two NPEs trained with
-different keys, sampled as a mixture: the remedy of Hermans et al. 2022), each fit
-timed.
+rows after training) and ``sbi`` (the sbi package's NPE with its defaults on the same
+bank, run by ``benchmarks/_sbi_runner.py`` in the sbi interpreter, ``--sbi-python``).
+sbi gets the box prior it supports: ``LogUniform`` parameters enter it as their
+logarithm with a uniform prior (the same prior), so its HPD regions are those of
+``log theta`` for them; its log score is mapped back to ``theta`` with the Jacobian.
 
     python benchmarks/calibration.py                                 # four single-node tasks
     python benchmarks/calibration.py --tasks hopf_node --held-out 2000 --contenders default scale
@@ -37,12 +39,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # npe_vs_sbi, for the sbi contender
+
 import bmsbi
 import simulators
 from bmsbi import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("default", "scale")
+CONTENDERS = ("default", "scale", "sbi")
+DEFAULT_SBI_PYTHON = "/work/sbi-venv/bin/python"
 
 
 def held_out_metrics(post, theta, x, key) -> dict:
@@ -58,6 +63,42 @@ def held_out_metrics(post, theta, x, key) -> dict:
     return {"hpd": hpd.max_deviation, "tarp": tarp.max_deviation, "sbc_min_p": float(np.min(pv)),
             "log_score": float(np.mean(lp[np.isfinite(lp)])), "hpd50": at[0.5], "hpd90": at[0.9],
             "finite": float(np.mean(np.isfinite(lp)))}
+
+
+def sbi_metrics(task, bank, held, args) -> tuple[dict, float, int]:
+    """Train sbi's NPE on ``bank`` and score it on ``held`` like :func:`held_out_metrics`."""
+    from types import SimpleNamespace
+
+    import numpyro.distributions as dist
+
+    from npe_vs_sbi import run_sbi
+
+    logs = np.array([isinstance(c, dist.LogUniform) for c in task.prior.column_distributions()])
+    if not all(isinstance(c, (dist.Uniform, dist.LogUniform)) for c in task.prior.column_distributions()):
+        raise ValueError(f"task: sbi's runner takes box priors only, {task.name} has {task.prior}")
+    low, high = (np.asarray(b, np.float64) for b in task.prior.bounds())
+    low, high = np.where(logs, np.log(low), low), np.where(logs, np.log(high), high)
+    to_sbi = lambda t: np.where(logs, np.log(np.asarray(t, np.float64)), t).astype(np.float32)
+    flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
+    spec = SimpleNamespace(name=task.name, prior_kind="uniform", prior_low=low, prior_high=high)
+    out = run_sbi(spec, to_sbi(bank.theta), flat(bank.x), flat(held.x), 1000, args.seed,
+                  args.sbi_python, theta_obs=to_sbi(held.theta))
+    theta_s = to_sbi(held.theta)
+    sbi_prior = bmsbi.Prior.uniform(low.astype(np.float32), high.astype(np.float32))
+    k1, _ = jax.random.split(jax.random.key(args.seed + 2))
+    hpd = diagnostics.coverage_from_draws(theta_s, out.samples, method="hpd",
+                                          log_prob_draws=out.extra["log_prob_samples"],
+                                          log_prob_theta=out.extra["log_prob_theta"])
+    tarp = diagnostics.coverage_from_draws(theta_s, out.samples, method="tarp", prior=sbi_prior, key=k1)
+    ranks = np.sum(out.samples < theta_s[:, None, :], axis=1)
+    pv = diagnostics.sbc_uniformity(ranks, out.samples.shape[1])
+    lp = out.extra["log_prob_theta"] - np.sum(np.where(logs, theta_s, 0.0), axis=1)  # d log theta / d theta
+    lv = np.asarray(hpd.levels)
+    at = {a: float(np.asarray(hpd.coverage)[np.argmin(np.abs(lv - a))]) for a in (0.5, 0.9)}
+    m = {"hpd": hpd.max_deviation, "tarp": tarp.max_deviation, "sbc_min_p": float(np.min(pv)),
+         "log_score": float(np.mean(lp[np.isfinite(lp)])), "hpd50": at[0.5], "hpd90": at[0.9],
+         "finite": float(np.mean(np.isfinite(lp)))}
+    return m, out.fit_s, out.epochs
 
 
 def npe_for(contender: str) -> bmsbi.NPE:
@@ -79,6 +120,14 @@ def run_task(name: str, args) -> list[dict]:
     print(f"{name}: banks {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     rows = []
     for contender in args.contenders:
+        if contender == "sbi":
+            m, fit_s, epochs = sbi_metrics(task, bank, held, args)
+            rows.append({"task": name, "contender": "sbi", "fit_s": fit_s, "epochs": epochs,
+                         "base_scale": None, **m})
+            print(f"{name} sbi: fit {fit_s:.0f} s, HPD {m['hpd']:.3f}, TARP {m['tarp']:.3f}, "
+                  f"SBC min p {m['sbc_min_p']:.3g}, log score {m['log_score']:.3f}",
+                  file=sys.stderr, flush=True)
+            continue
         t0 = time.perf_counter()
         post = npe_for(contender).fit(bank, prior=task.prior, key=jax.random.key(args.seed + 1),
                                       progress=False)
@@ -115,6 +164,7 @@ def parse_args(argv=None):
     p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="/tmp/bmsbi-calibration", help="bank folders (reused)")
+    p.add_argument("--sbi-python", default=DEFAULT_SBI_PYTHON)
     p.add_argument("--no-append", action="store_true")
     return p.parse_args(argv)
 

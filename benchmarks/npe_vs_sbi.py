@@ -190,7 +190,10 @@ def _epochs(history):
     return None
 
 
-def run_sbi(task, theta, x, x_obs, num_samples, seed, sbi_python, torch_threads=1) -> Outcome:
+def run_sbi(task, theta, x, x_obs, num_samples, seed, sbi_python, torch_threads=1,
+            theta_obs=None) -> Outcome:
+    """sbi's NPE on the bank, in the sbi interpreter; with ``theta_obs`` (m, d) the outcome's
+    ``extra`` also holds the posterior's log densities at the draws and at ``theta_obs``."""
     if not Path(sbi_python).exists():
         raise Unavailable(f"no sbi interpreter at {sbi_python} (see benchmarks/requirements-sbi.txt)")
     out = Outcome("sbi")
@@ -208,6 +211,7 @@ def run_sbi(task, theta, x, x_obs, num_samples, seed, sbi_python, torch_threads=
             prior_a=task.prior_low.astype(np.float32),
             prior_b=task.prior_high.astype(np.float32),
             torch_threads=np.int64(torch_threads),
+            **({} if theta_obs is None else {"theta_obs": np.asarray(theta_obs, np.float32)}),
         )
         env = dict(os.environ)
         if torch_threads > 0:
@@ -226,6 +230,9 @@ def run_sbi(task, theta, x, x_obs, num_samples, seed, sbi_python, torch_threads=
         out.epochs = int(res["epochs"])
         out.samples = res["samples"]
         out.extra["sample_s_per_obs"] = float(np.mean(res["sample_s"]))
+        if theta_obs is not None:
+            out.extra["log_prob_samples"] = res["log_prob_samples"]
+            out.extra["log_prob_theta"] = res["log_prob_theta"]
         out.extra["version"] = (
             f"sbi {res['sbi_version']}, torch {res['torch_version']} "
             f"({int(res['torch_threads'])} thread(s))"

@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import as_key, check_positive_int
+from ._checks import as_key, check_positive_int, real_array
 
 __all__ = [
-    "sbc_ranks", "sbc_uniformity", "sbc_ecdf", "sbc_ecdf_band", "expected_coverage", "Coverage",
+    "sbc_ranks", "sbc_uniformity", "sbc_ecdf", "sbc_ecdf_band", "expected_coverage", "coverage_from_draws", "Coverage",
     "zscore_shrinkage", "ZScoreShrinkage", "posterior_predictive", "c2st",
 ]
 
@@ -508,25 +508,86 @@ def expected_coverage(posterior, theta, x, *, key, levels=None, method: str = "h
     """
     posterior = _check_posterior(posterior)
     _check_method(method, _COVERAGE_METHODS)
-    levels = _check_levels(levels)
     num_samples = check_positive_int(num_samples, "num_samples")
-    num_prior_samples = check_positive_int(num_prior_samples, "num_prior_samples")
     theta, x = _check_pairs(posterior, theta, x)
-    m, d = theta.shape
-    k_post, k_prior, k_ref = jax.random.split(as_key(key), 3)
+    k_post, k_ref = jax.random.split(as_key(key))
     draws = posterior.sample(k_post, x, num_samples)                    # (m, n, d)
+    lp_draws = lp_true = None
     if method == "hpd":
         lp_draws = posterior.log_prob(draws, x)                          # (m, n)
-        lp_true = posterior.log_prob(theta[:, None, :], x)               # (m, 1)
-        cred = jnp.mean(lp_draws > lp_true, axis=1)
+        lp_true = posterior.log_prob(theta[:, None, :], x)[:, 0]         # (m,)
+    return coverage_from_draws(theta, draws, method=method, log_prob_draws=lp_draws,
+                               log_prob_theta=lp_true, prior=posterior.prior, key=k_ref,
+                               levels=levels, references=references,
+                               num_prior_samples=num_prior_samples)
+
+
+def coverage_from_draws(theta, draws, *, method: str = "hpd", log_prob_draws=None,
+                        log_prob_theta=None, prior=None, key=0, levels=None, references=None,
+                        num_prior_samples: int = 10_000) -> Coverage:
+    """:func:`expected_coverage` from draws made elsewhere (another package's posterior).
+
+    Parameters
+    ----------
+    theta : array, ``(m, d)``
+        True parameters.
+    draws : array, ``(m, n, d)``
+        ``n`` posterior draws for each of the ``m`` observations.
+    method : {"hpd", "tarp"}
+        As in :func:`expected_coverage`.
+    log_prob_draws, log_prob_theta : arrays ``(m, n)`` and ``(m,)``
+        ``"hpd"`` only: the posterior's log density at the draws and at the truth
+        (unnormalised per observation is fine).
+    prior : bmsbi.Prior
+        ``"tarp"`` only: standardises the distances and draws the reference points.
+    key, levels, references, num_prior_samples
+        As in :func:`expected_coverage`.
+
+    Returns
+    -------
+    Coverage
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> theta = rng.normal(size=(500, 1))
+    >>> draws = rng.normal(size=(500, 200, 1))          # the prior as the "posterior"
+    >>> lp = lambda t: -0.5 * np.sum(t ** 2, -1)
+    >>> cov = coverage_from_draws(theta, draws, log_prob_draws=lp(draws), log_prob_theta=lp(theta))
+    >>> bool(cov.max_deviation < 0.1)
+    True
+    """
+    _check_method(method, _COVERAGE_METHODS)
+    levels = _check_levels(levels)
+    num_prior_samples = check_positive_int(num_prior_samples, "num_prior_samples")
+    theta = np.asarray(real_array(theta, "theta"), np.float32)
+    draws = jnp.asarray(real_array(draws, "draws"), jnp.float32)
+    if theta.ndim != 2 or draws.ndim != 3 or draws.shape[0] != theta.shape[0] \
+            or draws.shape[2] != theta.shape[1]:
+        raise ValueError(f"draws: expected (m, n, d) for theta (m, d) = {theta.shape}, got {draws.shape}")
+    m, d = theta.shape
+    if method == "hpd":
+        if log_prob_draws is None or log_prob_theta is None:
+            raise ValueError("log_prob_draws: method 'hpd' needs log_prob_draws (m, n) and "
+                             "log_prob_theta (m,)")
+        lp_draws = jnp.asarray(log_prob_draws)
+        lp_true = jnp.asarray(log_prob_theta).reshape(-1)
+        if lp_draws.shape != draws.shape[:2] or lp_true.shape != (m,):
+            raise ValueError(f"log_prob_draws: expected shapes {draws.shape[:2]} and ({m},) for "
+                             f"log_prob_theta, got {lp_draws.shape} and {lp_true.shape}")
+        cred = jnp.mean(lp_draws > lp_true[:, None], axis=1)
         # A truth of density -inf / NaN lies outside every region.
-        cred = jnp.where(jnp.isfinite(lp_true[:, 0]), cred, 1.0)
+        cred = jnp.where(jnp.isfinite(lp_true), cred, 1.0)
     else:
-        prior_draws = np.asarray(posterior.prior.sample(k_prior, num_prior_samples), np.float64)
+        if prior is None:
+            raise ValueError("prior: method 'tarp' needs the prior (a bmsbi.Prior)")
+        k_prior, k_ref = jax.random.split(as_key(key))
+        prior_draws = np.asarray(prior.sample(k_prior, num_prior_samples), np.float64)
         mu, sd = prior_draws.mean(0), prior_draws.std(0)
         sd = np.where(sd > 0, sd, 1.0)
         if references is None:
-            refs = posterior.prior.sample(k_ref, m)
+            refs = prior.sample(k_ref, m)
         else:
             refs = np.asarray(references, dtype=np.float32)
             if refs.shape != (m, d):
