@@ -77,8 +77,12 @@ def sbi_metrics(task, bank, held, args) -> tuple[dict, float, int]:
     if not all(isinstance(c, (dist.Uniform, dist.LogUniform)) for c in task.prior.column_distributions()):
         raise ValueError(f"task: sbi's runner takes box priors only, {task.name} has {task.prior}")
     low, high = (np.asarray(b, np.float64) for b in task.prior.bounds())
-    low, high = np.where(logs, np.log(low), low), np.where(logs, np.log(high), high)
-    to_sbi = lambda t: np.where(logs, np.log(np.asarray(t, np.float64)), t).astype(np.float32)
+    low, high = (np.where(logs, np.log(np.abs(b) + (b == 0)), b) for b in (low, high))  # LogUniform bounds are > 0
+
+    def to_sbi(t):
+        t = np.asarray(t, np.float64)
+        return np.where(logs, np.log(np.where(logs, t, 1.0)), t).astype(np.float32)
+
     flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
     spec = SimpleNamespace(name=task.name, prior_kind="uniform", prior_low=low, prior_high=high)
     out = run_sbi(spec, to_sbi(bank.theta), flat(bank.x), flat(held.x), 1000, args.seed,

@@ -280,3 +280,23 @@ def test_bad_input_names_the_argument(post, heldout):
         D.sbc_ranks("post", th, x, key=0)
     with pytest.raises(ValueError, match="feature_names: expected 2 names"):
         P.plot_posterior_predictive(np.zeros((5, 2)), np.zeros(2), feature_names=["a"])
+
+
+def test_coverage_from_draws_matches_expected_coverage_and_checks_its_input(post, heldout):
+    """The draws-based entry point gives expected_coverage's numbers for the same draws."""
+    th, x = np.asarray(heldout.theta), np.asarray(heldout.x)
+    k_post, k_ref = jax.random.split(jax.random.key(3))
+    draws = post.sample(k_post, x, L)
+    lp_d = post.log_prob(draws, x)
+    lp_t = post.log_prob(th[:, None, :], x)[:, 0]
+    for method in ("hpd", "tarp"):
+        ref = D.expected_coverage(post, th, x, key=3, num_samples=L, method=method)
+        got = D.coverage_from_draws(th, draws, method=method, log_prob_draws=lp_d,
+                                    log_prob_theta=lp_t, prior=post.prior, key=k_ref)
+        np.testing.assert_array_equal(got.credibility, ref.credibility)
+    with pytest.raises(ValueError, match="log_prob_draws"):
+        D.coverage_from_draws(th, draws, method="hpd")
+    with pytest.raises(ValueError, match="prior"):
+        D.coverage_from_draws(th, draws, method="tarp")
+    with pytest.raises(ValueError, match="draws"):
+        D.coverage_from_draws(th, draws[:, :, :1], method="tarp", prior=post.prior)
