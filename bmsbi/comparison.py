@@ -41,6 +41,7 @@ from ._checks import as_key, check_positive_fields, check_training_settings, rea
 from .engine import History
 from .recording import RecordingSpec
 from .trials import Trials
+from .xtransform import XTransform
 
 __all__ = ["ModelComparison", "ComparisonCalibration", "load_model_comparison", "expected_calibration_error",
            "format_rows"]
@@ -460,6 +461,11 @@ class ModelComparison:
         if self.recording_shape is None:
             return None
         return RecordingSpec(*self.recording_shape, fs=self.recording_fs, channels=self.recording_channels)
+
+    @property
+    def x_transform(self) -> XTransform:
+        """The identity: the classifier z-scores observations as they are (no log features)."""
+        return XTransform.identity(self.x_shape)
 
     def _check_fitted(self):
         if self.model is None:

@@ -327,7 +327,7 @@ def finite_rows(post, x) -> np.ndarray:
     """Bool ``(m,)``: which rows of ``x`` are finite (trials: at least one present, none part-finite)."""
     if x.ndim == len(post.x_shape) + 2:
         return trial_mask(x, len(post.x_shape)).any(axis=1)
-    return np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    return np.isfinite(x.reshape(len(x), -1)).all(axis=1) & post.x_transform.mappable(x)
 
 
 def ood_scores(post, x, pvalue: bool = False):
@@ -338,10 +338,15 @@ def ood_scores(post, x, pvalue: bool = False):
     each experiment's present trials (an experiment with none scores ``inf``, p-value
     0). ``post.ood`` must not be ``None``.
     """
-    x = post.x_transform.apply(np.asarray(x))
+    raw = np.asarray(x)
+    x = post.x_transform.apply(raw)
     fn = post.ood.pvalue if pvalue else post.ood.score
     if x.ndim == len(post.x_shape) + 1:
-        return fn(x)
+        ok = post.x_transform.mappable(raw)  # a value the transform cannot map: unlike anything simulated
+        out = np.full(len(x), 0.0 if pvalue else np.inf)
+        if ok.any():
+            out[ok] = fn(x[ok])
+        return out
     m, k = x.shape[:2]
     present = trial_mask(x, len(post.x_shape))
     per = np.full((m, k), np.nan)
@@ -355,14 +360,19 @@ def ood_scores(post, x, pvalue: bool = False):
 
 def raw_observations(post, data, arg="x_obs", long: str = "refuse") -> Prepared:
     """:class:`Prepared` observations (not checked for finiteness) from observations,
-    raw recordings or trials: what ``infer`` and ``ood_score`` flag rather than refuse."""
+    raw recordings or trials: what ``infer`` and ``ood_score`` flag rather than refuse
+    (non-finite rows, and rows with a value ``<= 0`` where ``post.x_transform`` takes the log,
+    with an :class:`OutOfDistributionWarning` naming the feature)."""
     data = _checked_input(data, arg)
     if _is_trials_input(data) or _is_trial_batch(post, data):
         p = _trial_prepared(post, data, arg, long, strict=False)
     else:
         p = _single_raw_observations(post, data, arg, long)
         p = p._replace(x=_pad_trials(post, p.x[:, None])) if _pads_trials(post) else p
-    post.x_transform.check(p.x, arg)
+    message = post.x_transform.problem(p.x, arg)
+    if message is not None:  # like a non-finite summary: such rows are flagged, not sampled
+        warnings.warn(message + "; these rows are flagged as unlike the simulations",
+                      OutOfDistributionWarning, stacklevel=3)
     return p
 
 

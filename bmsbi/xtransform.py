@@ -9,18 +9,22 @@ feature is modelled in log space instead: the estimators (NPE, NLE, NRE) apply
 observation, so nothing changes for the user but the accuracy.
 
 The rule of ``x_transform="auto"`` (:data:`LOG_SPAN`): a feature is modelled in log
-space when every bank value of it is ``> 0`` and its 99th percentile is at least
-100 times its 1st percentile (two orders of magnitude across the central 98 % of the
-simulations). Features with a zero or negative value, and narrow positive ones, stay
-as they are: at smaller spans whether the log helps depends on whether the noise is
+space when every bank value of it is ``> 0`` and it spans a factor of at least
+``sqrt(LOG_SPAN)`` = 10 on each side of its median (99th percentile over median, median
+over 1st percentile): two orders of magnitude across the central 98 % of the
+simulations, spread like a scale (a log-normal, a power) rather than a positive
+quantity that only comes close to zero (a small correlation, which a real recording may
+well make negative). Features with a zero or negative value, and narrow positive ones,
+stay as they are: at smaller spans whether the log helps depends on whether the noise is
 multiplicative or additive, which the bank's spread cannot tell
 (``benchmarks/RESULTS.md``, "Observation transforms"). ``"none"`` keeps every feature
 (the behaviour before transforms), ``"log"`` takes the log of every feature (all must
 be positive), and a boolean mask (one entry per feature, flat or of the observation's
 shape) chooses by hand.
 
-An observation whose log-modelled feature is ``<= 0`` cannot be mapped and is a
-``ValueError`` naming the feature and its value.
+An observation whose log-modelled feature is ``<= 0`` cannot be mapped: ``sample`` and
+``log_prob`` raise a ``ValueError`` naming the feature and its value; ``infer`` and
+``ood_score`` flag the row as unlike the simulations, with a warning saying why.
 
 Examples
 --------
@@ -168,26 +172,40 @@ class XTransform:
 
         return jnp.where(mask, jnp.log(jnp.where(mask, x, 1.0)), x)
 
+    def mappable(self, x) -> np.ndarray:
+        """Bool ``(m,)`` for ``x (m, ...)``: rows with no log-space feature ``<= 0`` (NaN ignored)."""
+        x = np.asarray(x)
+        if not self.active:
+            return np.ones(len(x), bool)
+        flat = x.reshape(len(x), -1, len(self.log))
+        return ~np.any((flat <= 0) & np.asarray(self.log), axis=(1, 2))
+
+    def problem(self, x, arg: str = "x_obs") -> str | None:
+        """The message :meth:`check` raises for ``x``, or ``None`` when every value maps."""
+        if not self.active:
+            return None
+        x = np.asarray(x)
+        flat = x.reshape(-1, len(self.log))
+        bad = (flat <= 0) & np.asarray(self.log)
+        if not bad.any():
+            return None
+        row, feature = (int(v[0]) for v in np.nonzero(bad))
+        where = "" if len(self.x_shape) <= 1 else \
+            f" (index {tuple(int(i) for i in np.unravel_index(feature, self.x_shape))} of x_shape {self.x_shape})"
+        why = (", chosen at fit time because its training values are positive and span orders "
+               "of magnitude" if self.rule == "auto" else ", chosen at fit time")
+        return (f"{arg}: feature {feature}{where} is {flat[row, feature]:g}, but this posterior models "
+                f"it in log space ({self!r}{why}), so it must be > 0; {int(bad.sum())} value(s) "
+                "<= 0 in all. Check the observation's units, or refit with x_transform='none' or a mask")
+
     def check(self, x, arg: str = "x_obs") -> None:
         """``ValueError`` naming ``arg``, the feature and its value if a log-space feature of ``x`` is ``<= 0``.
 
         ``x``: ``(..., *x_shape)``; NaN entries (absent trials) are ignored.
         """
-        if not self.active:
-            return
-        x = np.asarray(x)
-        flat = x.reshape(-1, len(self.log))
-        bad = (flat <= 0) & np.asarray(self.log)
-        if bad.any():
-            row, feature = (int(v[0]) for v in np.nonzero(bad))
-            where = "" if len(self.x_shape) <= 1 else \
-                f" (index {tuple(int(i) for i in np.unravel_index(feature, self.x_shape))} of x_shape {self.x_shape})"
-            why = (", chosen at fit time because its training values are positive and span orders "
-                   "of magnitude" if self.rule == "auto" else ", chosen at fit time")
-            raise ValueError(
-                f"{arg}: feature {feature}{where} is {flat[row, feature]:g}, but this posterior models "
-                f"it in log space ({self!r}{why}), so it must be > 0; {int(bad.sum())} value(s) "
-                "<= 0 in all. Check the observation's units, or refit with x_transform='none' or a mask")
+        message = self.problem(x, arg)
+        if message is not None:
+            raise ValueError(message)
 
     # ---------------------------------------------------------------------- files
     def to_dict(self) -> dict:
@@ -213,14 +231,18 @@ class XTransform:
 
 
 def _auto_mask(x, per_channel: bool) -> np.ndarray:
-    """The ``"auto"`` rule on a bank ``x (n, *x_shape)``: positive and ``q99 / q01 >= LOG_SPAN``."""
+    """The ``"auto"`` rule on a bank ``x (n, *x_shape)``: positive, ``q99 / q50`` and ``q50 / q01`` both ``>= sqrt(LOG_SPAN)``."""
     if per_channel:
         channels = x.reshape(-1, 1) if x.ndim == 2 else x.reshape(-1, x.shape[-1])
         pick = _auto_mask(channels, False)  # (1,) or (C,)
         return np.broadcast_to(pick if x.ndim > 2 else pick[0], x.shape[1:]).copy()
     flat = x.reshape(len(x), -1)
     positive = flat.min(axis=0) > 0
-    q01, q99 = np.quantile(flat, [0.01, 0.99], axis=0)
+    q01, q50, q99 = np.quantile(flat, [0.01, 0.5, 0.99], axis=0)
+    side = np.sqrt(LOG_SPAN)
     with np.errstate(divide="ignore", invalid="ignore"):
-        wide = q99 >= LOG_SPAN * q01
+        # a scale-like feature spans orders of magnitude on both sides of its median; one
+        # that merely comes close to zero (a small correlation, a weak coupling) does not,
+        # and need not stay positive in real recordings
+        wide = (q99 >= side * q50) & (q50 >= side * q01)
     return (positive & wide).reshape(x.shape[1:])

@@ -169,10 +169,13 @@ def test_non_positive_observation_in_a_log_feature_is_refused_everywhere(fitted)
         post.sample(jax.random.key(0), x, 10)
     with pytest.raises(ValueError, match="x_obs: " + msg):
         post.log_prob(np.zeros(2, np.float32), x)
-    with pytest.raises(ValueError, match="x_obs: " + msg):
-        post.ood_score(x)
-    with pytest.raises(ValueError, match="recordings: " + msg):
-        post.infer(jax.random.key(0), np.stack([np.asarray(bank.x[1]), x]), 10)
+    # infer / ood_score flag such a row, as they flag non-finite ones, and say why
+    with pytest.warns(bmsbi.OutOfDistributionWarning, match="x_obs: " + msg):
+        assert post.ood_score(x) == np.inf
+    with pytest.warns(bmsbi.OutOfDistributionWarning, match="recordings: " + msg):
+        res = post.infer(jax.random.key(0), np.stack([np.asarray(bank.x[1]), x]), 10)
+    assert res.flagged.tolist() == [False, True] and np.isnan(res.samples[1]).all()
+    assert np.isfinite(res.samples[0]).all()
     x[1], x[3] = 1.0, -2.0  # a negative value in the feature kept linear is fine
     assert np.isfinite(np.asarray(post.sample(jax.random.key(0), x, 10))).all()
 
@@ -237,5 +240,7 @@ def test_the_transform_applies_to_the_summary_features_of_recordings():
     res = post.infer(jax.random.key(1), signals[:4], 500)
     err = np.abs(res.samples.mean(axis=1)[:, 0] - theta[:4, 0])
     assert err.max() < 0.5 and not res.flagged.any()
-    with pytest.raises(ValueError, match=r"recordings: feature 0 is 0, but this posterior models it in log"):
-        post.infer(jax.random.key(1), np.zeros((256, 1), np.float32), 10)
+    with pytest.warns(bmsbi.OutOfDistributionWarning,
+                      match=r"recordings: feature 0 is 0, but this posterior models it in log"):
+        res = post.infer(jax.random.key(1), np.zeros((256, 1), np.float32), 10)
+    assert res.flagged.all() and np.isnan(res.samples).all()

@@ -475,8 +475,8 @@ class NPE:
     x_transform : {"auto", "none", "log"} or sequence of bool, default "auto"
         Which features of ``x`` the flow sees in log space (before z-scoring), decided
         at fit time from the bank (:class:`bmsbi.xtransform.XTransform`).
-        ``"auto"``: the features whose bank values are all ``> 0`` and whose 99th
-        percentile is at least 100 times their 1st percentile (with a structured
+        ``"auto"``: the features whose bank values are all ``> 0`` and that span a
+        factor of 10 or more on each side of their median (with a structured
         embedding: whole channels, pooled); ``"none"``: no feature (the behaviour
         before this option); ``"log"``: every feature (all must be positive); a
         boolean mask, one entry per feature (flat or of ``x``'s shape), chooses by
@@ -551,8 +551,9 @@ class NPE:
         sampling. The fitted scale is kept in the posterior
         (``posterior.config["base_scale"]``) and in its file. Needs
         ``validation_fraction > 0``. ``"auto"`` (the default): ``"scale"`` when there is
-        a validation split and the bank has no trials (a scale fitted on all K trials
-        would not hold for fewer), else ``"none"``. Why it is the default — HPD coverage,
+        a validation split, the bank has no trials (a scale fitted on all K trials would
+        not hold for fewer) and ``summary_noise`` is 0 (the clean validation rows would
+        undo the widening the noise is for), else ``"none"``. Why it is the default — HPD coverage,
         SBC and held-out log score on the shipped tasks against ``"none"`` and the
         ``sbi`` package — is measured in ``benchmarks/RESULTS.md``, section
         "Calibration study".
@@ -731,7 +732,10 @@ class NPE:
         result = engine.fit(model, loss, (s_theta, x_std), key=k_fit, static=box,
                             config=self.fit_config(len(theta)), progress=progress, desc="NPE")
         model, history = result.params, result.history
-        calibrate = self.base_calibration == "scale" or (self.base_calibration == "auto" and not trials)
+        # "auto" leaves alone what the clean validation rows cannot judge: a posterior for
+        # noisier observations (summary_noise) or for 1..K trials.
+        calibrate = self.base_calibration == "scale" or (
+            self.base_calibration == "auto" and not trials and not self.summary_noise > 0)
         if calibrate and result.validation_rows is not None:
             scale = fitted_base_scale(model, s_theta[result.validation_rows],
                                       x_std[result.validation_rows])
