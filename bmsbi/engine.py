@@ -24,6 +24,7 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -676,6 +677,26 @@ def _cpu_compiler_options():
 
 
 # ----------------------------------------------------------------------------- fit
+@contextlib.contextmanager
+def _no_persistent_cache_writes():
+    """Leave training programs out of JAX's persistent compilation cache while fitting.
+
+    The cache (:func:`bmsbi.enable_compilation_cache`, turned on by ``load_posterior`` and
+    the CLI) is for the small programs a new process needs again (a posterior's sampler).
+    A training epoch is compiled once per process and reused from memory
+    (:data:`_COMPILED`); writing it to disk costs time and space, and serialising large
+    training programs crashed the process in a long test session (JAX 0.10.2, XLA CPU,
+    twice at the same NPE-with-trials epoch). Reading the cache is unchanged.
+    """
+    old = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", old)
+
+
+@_no_persistent_cache_writes()
 def fit(params, loss_fn: Callable, data, *, key, config: FitConfig | None = None, static=None,
         optimizer=None, validation_data=None, metrics_fn: Callable | None = None, callbacks=(),
         resume: "TrainState | None" = None, devices=None, progress: bool = True, desc: str = "fit",
