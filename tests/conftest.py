@@ -15,3 +15,23 @@ if "BMSBI_COMPILATION_CACHE" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="bmsbi-test-jax-cache-")
     os.environ["BMSBI_COMPILATION_CACHE"] = _cache
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
+
+import gc
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Free JAX's compiled programs after each test module.
+
+    One pytest process compiles thousands of programs; kept all session they grow its
+    memory until XLA fails late in the run (the clean-clone CI of 2026-12-06 crashed three
+    times in tests/test_trials.py, inside XLA compile or cache-serialise calls).
+    """
+    yield
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
