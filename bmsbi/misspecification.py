@@ -47,6 +47,21 @@ def _kernel_mean(a, b, bandwidth):
     return out
 
 
+def _check_summary(summary):
+    from .summaries import Summary
+
+    if summary is not None and not isinstance(summary, Summary):
+        raise ValueError(f"summary: expected a bmsbi.summaries.Summary or None, got {type(summary).__name__}")
+    return summary
+
+
+def _summarise(summary, recordings: np.ndarray) -> np.ndarray:
+    if recordings.ndim != 3:
+        raise ValueError(f"x: expected raw recordings (m, time, regions) for the test's summary, got shape "
+                         f"{recordings.shape}")
+    return np.asarray(summary.batch(np.asarray(recordings, np.float32)), np.float64)
+
+
 class MMDTest:
     """MMD two-sample test of observations against training simulations, with a simulated null.
 
@@ -66,6 +81,9 @@ class MMDTest:
         Sets drawn for the null of a set of ``m > 1`` observations.
     seed : int
         Seeds the draw of those sets.
+    summary : bmsbi.summaries.Summary, optional
+        When given, observations are raw recordings ``(m, time, regions)`` that the test
+        summarises with it before z-scoring (see :meth:`fit`).
 
     Examples
     --------
@@ -79,7 +97,8 @@ class MMDTest:
     True
     """
 
-    def __init__(self, reference, pool, mean, std, bandwidth: float, *, num_null: int = 1000, seed: int = 0):
+    def __init__(self, reference, pool, mean, std, bandwidth: float, *, num_null: int = 1000, seed: int = 0,
+                 summary=None):
         self.reference = np.asarray(reference, np.float64)
         self.pool = np.asarray(pool, np.float64)
         self.mean = np.asarray(mean, np.float64).reshape(-1)
@@ -87,6 +106,7 @@ class MMDTest:
         self.bandwidth = float(bandwidth)
         self.num_null = check_positive_int(num_null, "num_null")
         self.seed = int(seed)
+        self.summary = _check_summary(summary)
         if self.reference.ndim != 2 or self.pool.ndim != 2 or self.reference.shape[1] != self.mean.size \
                 or self.pool.shape[1] != self.mean.size or len(self.pool) < 2:
             raise ValueError(f"reference: expected (r, {self.mean.size}) and pool (c >= 2, {self.mean.size}) "
@@ -101,7 +121,7 @@ class MMDTest:
 
     @classmethod
     def fit(cls, x, *, num_reference: int = 1000, num_pool: int = 2000, bandwidth=None, num_null: int = 1000,
-            seed: int = 0) -> "MMDTest":
+            seed: int = 0, summary=None) -> "MMDTest":
         """Reference and null pool drawn (disjointly) from the training observations ``x``.
 
         Parameters
@@ -115,13 +135,22 @@ class MMDTest:
             Kernel bandwidth in z-scored units; default: the median distance between
             reference rows.
         num_null, seed : see the class (``seed`` also picks the rows).
+        summary : bmsbi.summaries.Summary, optional
+            Test in the space of this statistic: ``x`` (and every observation tested
+            later) is then raw recordings ``(n, time, regions)``. A posterior's summary
+            reads only what its model explains; ``combine(task.summary,
+            bmsbi.summaries.full_band_features(fs))`` also sees the rest of the spectrum
+            (line noise, a wrong sampling rate).
 
         Raises
         ------
         ValueError
             Too few or non-finite rows, or a bad setting (naming it).
         """
+        summary = _check_summary(summary)
         x = np.asarray(real_array(x, "x", what="training observations (n, *x_shape)"), np.float64)
+        if summary is not None:
+            x = _summarise(summary, x)
         if x.ndim < 2 or len(x) < 20:
             raise ValueError(f"x: expected at least 20 training observations (n, *x_shape), got shape {x.shape}")
         flat = x.reshape(len(x), -1)
@@ -138,11 +167,13 @@ class MMDTest:
         if bandwidth is None:
             d2 = ((reference[:, None] - reference[None]) ** 2).sum(-1)
             bandwidth = float(np.sqrt(np.median(d2[np.triu_indices(len(reference), 1)])))
-        return cls(reference, pool, mean, std, bandwidth, num_null=num_null, seed=seed)
+        return cls(reference, pool, mean, std, bandwidth, num_null=num_null, seed=seed, summary=summary)
 
     def features(self, x) -> np.ndarray:
         """Z-scored rows ``(m, f)`` of observations ``x (m, *x_shape)``; ``ValueError`` naming ``x``."""
         flat = np.asarray(real_array(x, "x"), np.float64)
+        if self.summary is not None:
+            flat = _summarise(self.summary, flat if flat.ndim == 3 else flat[None])
         flat = flat.reshape(len(flat), -1) if flat.ndim >= 2 else flat.reshape(1, -1)
         if flat.shape[1] != self.mean.size:
             raise ValueError(f"x: expected observations of {self.mean.size} entries each (m, *x_shape), got "
@@ -198,5 +229,6 @@ class MMDTest:
         return float((1.0 + null.size - np.searchsorted(null, s, side="left")) / (1.0 + null.size))
 
     def __repr__(self):
+        summary = "" if self.summary is None else f", summary={type(self.summary).__name__}"
         return (f"MMDTest(reference={len(self.reference)}, pool={len(self.pool)}, features={self.mean.size}, "
-                f"bandwidth={self.bandwidth:.3g})")
+                f"bandwidth={self.bandwidth:.3g}{summary})")

@@ -79,6 +79,8 @@ __all__ = [
     "welch",
     "from_dict",
     "default_eeg_summary",
+    "PeakContrast",
+    "full_band_features",
 ]
 
 #: Conventional EEG frequency bands in Hz, half-open ``[low, high)``.
@@ -767,6 +769,25 @@ def _bands_arg(bands: Any, owner: str) -> tuple[tuple[str, tuple[float, float]],
     return tuple(out)
 
 
+def _checked_bands(bands: Any, owner: str, fs: float, nperseg: int) -> tuple[tuple[str, tuple[float, float]], ...]:
+    """Band edges within ``[0, fs / 2]``, each holding a Welch bin; ``ValueError`` naming the band."""
+    bands = _bands_arg(bands, owner)
+    freqs = _welch_freqs(fs, nperseg)
+    for name, (low, high) in bands:
+        if not 0.0 <= low < high <= fs / 2.0:
+            raise ValueError(
+                f"{owner}: bands[{name!r}] must satisfy 0 <= low < high <= fs/2 = {fs / 2} Hz; "
+                f"got ({low}, {high})."
+            )
+        _freq_slice(owner, freqs, low, high, False, f"bands[{name!r}] = [{low}, {high}) Hz")
+    return bands
+
+
+def _bands_to_dict(out: dict[str, Any], bands) -> dict[str, Any]:
+    out["bands"] = {name: [low, high] for name, (low, high) in bands}
+    return out
+
+
 @_register
 @dataclasses.dataclass(frozen=True)
 class BandPower(Summary):
@@ -822,22 +843,12 @@ class BandPower(Summary):
         fs, nperseg, noverlap, window, detrend = _welch_args(
             owner, self.fs, self.nperseg, self.noverlap, self.window, self.detrend
         )
-        bands = _bands_arg(self.bands, owner)
-        freqs = _welch_freqs(fs, nperseg)
-        for name, (low, high) in bands:
-            if not 0.0 <= low < high <= fs / 2.0:
-                raise ValueError(
-                    f"{owner}: bands[{name!r}] must satisfy 0 <= low < high <= fs/2 = {fs / 2} Hz; "
-                    f"got ({low}, {high})."
-                )
-            _freq_slice(owner, freqs, low, high, False, f"bands[{name!r}] = [{low}, {high}) Hz")
+        bands = _checked_bands(self.bands, owner, fs, nperseg)
         _set_fields(self, fs=fs, bands=bands, relative=bool(self.relative), log=bool(self.log),
                     nperseg=nperseg, noverlap=noverlap, window=window, detrend=detrend)
 
     def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["bands"] = {name: [low, high] for name, (low, high) in self.bands}
-        return out
+        return _bands_to_dict(super().to_dict(), self.bands)
 
     def _check(self, n_time: int, n_regions: int) -> None:
         _check_time("BandPower", n_time, self.nperseg, f"nperseg={self.nperseg}")
@@ -929,6 +940,108 @@ class SpectralPeak(Summary):
         peak_freq = jnp.asarray(freqs[start:stop], x.dtype)[peak]
         peak_power = jnp.take_along_axis(psd, peak[None, :], axis=0)[0]
         return jnp.stack([peak_freq, _log10(peak_power)])
+
+
+@_register
+@dataclasses.dataclass(frozen=True)
+class PeakContrast(Summary):
+    """Per band and region, how far the spectrum's narrowest peak stands above its surroundings.
+
+    For every Welch bin ``f`` (DC and Nyquist left out) the contrast is
+    ``log10 psd(f) - median log10 psd(g)`` over the bins ``g`` with
+    ``near <= |g - f| <= far`` Hz; each band reports the largest contrast among its bins.
+    A smooth spectrum (a damped oscillation, 1/f background) gives values near 0, an
+    oscillation's narrow peak a few tenths to a few decades, and a line — mains
+    interference at 50 or 60 Hz, a stimulation frequency — the most: a feature that
+    tells narrow artefacts from broadband power, where band power alone mixes both.
+
+    Parameters
+    ----------
+    fs : float
+        Sampling rate in Hz.
+    bands : mapping str -> (low, high)
+        Band edges in Hz with ``0 <= low < high <= fs / 2``, each holding a bin.
+    near, far : float, default 3.0 and 8.0
+        The surroundings of a bin, in Hz (``0 < near < far``; at least one bin must lie
+        in them on one side).
+    nperseg, noverlap, window, detrend
+        Welch settings, as in :func:`welch`.
+
+    Notes
+    -----
+    Output is ``(n_bands, regions)`` flattened, named ``peakcontrast_<band>[r0]``.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp
+    >>> t = jnp.arange(2000) / 250.0
+    >>> noise = jax.random.normal(jax.random.key(0), (2000,))
+    >>> stat = PeakContrast(fs=250.0, bands={"low": (1, 40), "mains": (45, 55)})
+    >>> [round(float(v), 1) for v in stat(noise + jnp.sin(2 * jnp.pi * 50.0 * t))]   # 50 Hz stands out
+    [0.2, 1.7]
+    >>> [round(float(v), 1) for v in stat(noise)]
+    [0.2, 0.4]
+    """
+
+    fs: float
+    bands: Any = dataclasses.field(default_factory=lambda: dict(EEG_BANDS))
+    near: float = 3.0
+    far: float = 8.0
+    nperseg: int = 256
+    noverlap: int | None = None
+    window: str = "hann"
+    detrend: str | None = "constant"
+
+    def __post_init__(self) -> None:
+        owner = "PeakContrast"
+        fs, nperseg, noverlap, window, detrend = _welch_args(
+            owner, self.fs, self.nperseg, self.noverlap, self.window, self.detrend
+        )
+        near = _positive_float_arg(self.near, "near", owner)
+        far = _positive_float_arg(self.far, "far", owner)
+        if not near < far:
+            raise ValueError(f"{owner}: near, far: expected 0 < near < far Hz, got near={near}, far={far}")
+        bands = _checked_bands(self.bands, owner, fs, nperseg)
+        _set_fields(self, fs=fs, bands=bands, near=near, far=far, nperseg=nperseg, noverlap=noverlap,
+                    window=window, detrend=detrend)
+        self._neighbours()  # raises when a bin has no surroundings
+
+    def to_dict(self) -> dict[str, Any]:
+        return _bands_to_dict(super().to_dict(), self.bands)
+
+    def _neighbours(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(bins, width)`` indices of each inner bin's surroundings (repeating the last
+        one to pad) and ``(bins,)`` the inner bin indices."""
+        freqs = _welch_freqs(self.fs, self.nperseg)
+        inner = np.arange(1, len(freqs) - 1)
+        rows = []
+        for j in inner:
+            d = np.abs(freqs[inner] - freqs[j])
+            rows.append(inner[(d >= self.near - 1e-9) & (d <= self.far + 1e-9)])
+        if min(len(r) for r in rows) == 0:
+            raise ValueError(f"PeakContrast: near, far: [{self.near}, {self.far}] Hz holds no Welch bin "
+                             f"(resolution fs/nperseg = {self.fs / self.nperseg:g} Hz); widen it")
+        width = max(len(r) for r in rows)
+        # pad by repeating a row's entries cyclically: the median moves little at the edges
+        index = np.stack([np.resize(r, width) for r in rows])
+        return index, inner
+
+    def _check(self, n_time: int, n_regions: int) -> None:
+        _check_time("PeakContrast", n_time, self.nperseg, f"nperseg={self.nperseg}")
+
+    def _names(self, n_regions: int) -> list[str]:
+        return _per_region([f"peakcontrast_{name}" for name, _ in self.bands], n_regions)
+
+    def _compute(self, x: jax.Array) -> jax.Array:
+        logpsd = _log10(_welch(x, self.fs, self.nperseg, self.noverlap, self.window, self.detrend))
+        index, inner = self._neighbours()
+        contrast = logpsd[inner] - jnp.median(logpsd[index], axis=1)  # (inner bins, regions)
+        freqs = _welch_freqs(self.fs, self.nperseg)[inner]
+        out = []
+        for _, (low, high) in self.bands:
+            keep = np.flatnonzero((freqs >= low) & (freqs < high))
+            out.append(jnp.max(contrast[keep], axis=0) if keep.size else jnp.zeros(x.shape[1], x.dtype))
+        return jnp.stack(out)
 
 
 @_register
@@ -1389,3 +1502,50 @@ def default_eeg_summary(fs: float, nperseg: int = 256) -> Combined:
         BandPower(fs, bands=bands, nperseg=nperseg),
         SpectralPeak(fs, nperseg=nperseg),
     )
+
+
+
+def full_band_features(fs: float, *, num_bands: int = 12, nperseg: int = 256) -> Combined:
+    """Log power and narrow-peak contrast in equal-width bands covering the spectrum up to ``fs / 2``.
+
+    A summary tuned for inference usually reads only the bands the model explains, so
+    what a recording carries beyond them — mains interference, the empty top band a
+    resampling filter leaves, muscle artefacts — never reaches the posterior, nor a
+    misspecification test run on that summary. Combined with it, these features let
+    :class:`bmsbi.misspecification.MMDTest` see the whole spectrum:
+    ``combine(task.summary, full_band_features(fs))``.
+
+    :class:`BandPower` (absolute, ``log10``) and :class:`PeakContrast` in ``num_bands``
+    bands of equal width from the first non-zero Welch bin ``fs / nperseg`` to ``fs / 2``
+    (half-open), named ``band0 ... band{num_bands - 1}``: ``2 * num_bands`` features per
+    region.
+
+    Parameters
+    ----------
+    fs : float
+        Sampling rate in Hz.
+    num_bands : int, default 12
+        Number of bands; each must hold at least one Welch bin.
+    nperseg : int, default 256
+        Welch segment length in samples.
+
+    Example
+    -------
+    >>> import jax.numpy as jnp
+    >>> stat = full_band_features(250.0, num_bands=4)
+    >>> [tuple(round(e, 1) for e in edges) for _, edges in stat.stats[0].bands]
+    [(1.0, 32.0), (32.0, 63.0), (63.0, 94.0), (94.0, 125.0)]
+    >>> stat(jnp.zeros((1000, 1))).shape
+    (8,)
+    """
+    fs = _positive_float_arg(fs, "fs", "full_band_features")
+    num_bands = _int_arg(num_bands, "num_bands", "full_band_features", 1)
+    nperseg = _int_arg(nperseg, "nperseg", "full_band_features", 2)
+    low, high = fs / nperseg, fs / 2.0
+    if (high - low) / num_bands < fs / nperseg:
+        raise ValueError(f"full_band_features: num_bands: expected at most {int((high - low) * nperseg / fs)} bands "
+                         f"(each must hold a Welch bin of {fs / nperseg:g} Hz at fs={fs:g}, nperseg={nperseg}), "
+                         f"got {num_bands}")
+    edges = np.linspace(low, high, num_bands + 1)
+    bands = {f"band{i}": (float(edges[i]), float(edges[i + 1])) for i in range(num_bands)}
+    return combine(BandPower(fs, bands=bands, nperseg=nperseg), PeakContrast(fs, bands=bands, nperseg=nperseg))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bmsbi.misspecification import MMDTest
+from bmsbi.summaries import BandPower, combine, full_band_features
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,38 @@ def test_bad_input_is_refused(call, match):
 def test_wrong_observation_shape_is_refused(test):
     with pytest.raises(ValueError, match="x: expected observations of 3 entries"):
         test.pvalues(np.zeros((2, 4)))
+
+
+def _oscillations(n, seed, fs=250.0, length=1000):
+    """Noisy damped oscillations (AR(2)) with random frequency 4-40 Hz, damping and scale."""
+    rng = np.random.default_rng(seed)
+    f, r, scale = rng.uniform(4, 40, n), rng.uniform(0.8, 0.98, n), 10 ** rng.uniform(-1, 1, n)
+    a1, a2 = 2 * r * np.cos(2 * np.pi * f / fs), -r ** 2
+    e = rng.normal(size=(n, length + 200))
+    x = np.zeros_like(e)
+    for t in range(2, e.shape[1]):
+        x[:, t] = a1 * x[:, t - 1] + a2 * x[:, t - 2] + e[:, t]
+    return (scale[:, None] * x[:, 200:])[..., None].astype(np.float32)
+
+
+def test_full_band_features_let_the_test_catch_line_noise_its_summary_cannot_see():
+    fs = 250.0
+    low_band = BandPower(fs, bands={"theta": (4, 8), "alpha": (8, 13), "beta": (13, 30), "low_gamma": (30, 40)})
+    train, fresh = _oscillations(2500, 0), _oscillations(400, 1)
+    t = np.arange(fresh.shape[1]) / fs
+    mains = fresh + (0.3 * fresh.std(axis=1, keepdims=True) * np.sin(2 * np.pi * 50 * t)[None, :, None])
+    blind = MMDTest.fit(train, summary=low_band, seed=0)
+    seeing = MMDTest.fit(train, summary=combine(low_band, full_band_features(fs)), seed=0)
+    assert "summary=BandPower" in repr(blind) and seeing.mean.size == 4 + 24
+    for test in (blind, seeing):
+        assert abs((test.pvalues(fresh) < 0.05).mean() - 0.05) < 0.035   # calibrated either way (sd 0.011)
+    assert (blind.pvalues(mains) < 0.05).mean() < 0.2                   # 50 Hz is outside every band it reads
+    assert (seeing.pvalues(mains) < 0.05).mean() > 0.9
+
+
+def test_a_summary_test_takes_raw_recordings_only():
+    with pytest.raises(ValueError, match="summary: expected a bmsbi.summaries.Summary"):
+        MMDTest.fit(np.zeros((50, 3)), summary="psd")
+    test = MMDTest.fit(_oscillations(100, 2), summary=full_band_features(250.0, num_bands=3), seed=0)
+    with pytest.raises(ValueError, match=r"x: expected raw recordings \(m, time, regions\)"):
+        test.pvalues(np.zeros((2, 3, 4, 5)))

@@ -20,11 +20,13 @@ from bmsbi.summaries import (
     BandPower,
     Combined,
     Moments,
+    PeakContrast,
     SpectralPeak,
     WelchPSD,
     combine,
     default_eeg_summary,
     from_dict,
+    full_band_features,
     welch,
 )
 
@@ -69,6 +71,8 @@ ALL_STATS = [
     FCD(FS, window=200, step=100),
     combine(Moments(), FC(), combine(Autocorrelation(lags=(3,)), SpectralPeak(FS, fmax=40.0))),
     default_eeg_summary(FS),
+    PeakContrast(FS, bands={"low": (1, 40), "mains": (45, 55)}, near=2.0, far=6.0, nperseg=200),
+    full_band_features(FS, num_bands=6),
 ]
 IDS = [f"{type(s).__name__}{i}" for i, s in enumerate(ALL_STATS)]
 
@@ -95,6 +99,37 @@ def test_moments_large_offset_keeps_precision():
     out = np.asarray(Moments()(x)).reshape(4, 2)
     np.testing.assert_allclose(out[1], x64.std(0), rtol=1e-4)
     np.testing.assert_allclose(out[2], scipy.stats.skew(x64), atol=1e-3)
+
+
+def test_peak_contrast_matches_a_scipy_reference_and_finds_a_line():
+    x = _sine_noise(n=2000, regions=2, freq=50.0, amp=0.5, noise=1.0)
+    bands = {"low": (1.0, 40.0), "mains": (45.0, 55.0), "high": (55.0, 124.0)}
+    out = np.asarray(PeakContrast(FS, bands=bands)(x)).reshape(3, 2)
+    f, p = scipy.signal.welch(x, fs=FS, nperseg=256, axis=0)
+    logp = np.log10(p)
+    ref = np.empty((3, 2))
+    inner = np.arange(1, len(f) - 1)
+    contrast = np.stack([logp[j] - np.median(logp[[k for k in inner if 3 <= abs(f[k] - f[j]) <= 8]], axis=0)
+                         for j in inner])
+    for b, (low, high) in enumerate(bands.values()):
+        keep = (f[inner] >= low) & (f[inner] < high)
+        ref[b] = contrast[keep].max(axis=0)
+    np.testing.assert_allclose(out, ref, atol=2e-3)   # interior bins: the padded edges do not reach these bands
+    assert (out[1] > 1.0).all() and (out[[0, 2]] < 0.7).all()   # the 50 Hz line stands 1+ decade out
+
+
+def test_full_band_features_cover_the_spectrum_and_refuse_too_many_bands():
+    stat = full_band_features(FS, num_bands=5)
+    edges = [e for _, e in stat.stats[0].bands]
+    assert edges[0][0] == pytest.approx(FS / 256) and edges[-1][1] == FS / 2
+    assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))
+    assert stat.stats[1].bands == stat.stats[0].bands
+    with pytest.raises(ValueError, match="num_bands: expected at most 127 bands"):
+        full_band_features(FS, num_bands=500)
+    with pytest.raises(ValueError, match="near, far"):
+        PeakContrast(FS, near=5.0, far=4.0)
+    with pytest.raises(ValueError, match="holds no Welch bin"):
+        PeakContrast(FS, near=0.1, far=0.2)
 
 
 def test_autocorrelation_matches_numpy():
