@@ -16,7 +16,8 @@ contender, on the held-out pairs:
 
 Contenders (``--contenders``): ``default`` (``bmsbi.NPE()``), ``scale``
 (``NPE(base_calibration="scale")``: the flow's base scale fitted on the validation
-rows after training) and ``sbi`` (the sbi package's NPE with its defaults on the same
+rows after training), ``ensemble5`` (``NPE(ensemble=5)``: the equal-weight mixture of five
+networks trained from different starts) and ``sbi`` (the sbi package's NPE with its defaults on the same
 bank, run by ``benchmarks/_sbi_runner.py`` in the sbi interpreter, ``--sbi-python``).
 sbi gets the box prior it supports: ``LogUniform`` parameters enter it as their
 logarithm with a uniform prior (the same prior), so its HPD regions are those of
@@ -46,7 +47,7 @@ import simulators
 from bmsbi import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("default", "scale", "sbi")
+CONTENDERS = ("default", "scale", "ensemble5", "sbi")
 DEFAULT_SBI_PYTHON = "/work/sbi-venv/bin/python"
 
 
@@ -110,6 +111,8 @@ def npe_for(contender: str) -> bmsbi.NPE:
         return bmsbi.NPE()
     if contender == "scale":
         return bmsbi.NPE(base_calibration="scale")
+    if contender.startswith("ensemble"):
+        return bmsbi.NPE(ensemble=int(contender[len("ensemble"):]))
     raise ValueError(f"contender: expected one of {CONTENDERS}, got {contender!r}")
 
 

@@ -12,6 +12,14 @@ or the bandwidth.
   ``MMD^2({x}, Y) = 1 + mean k(Y, Y) - 2 mean_j k(x, y_j)``, a kernel density score.
 - A set of ``m`` recordings together (:meth:`MMDTest.pvalue`): ``MMD^2(X, Y)``, whose
   null is simulated with sets of ``m`` held-out simulations; more recordings, more power.
+- Two bandwidths by default: the median distance between simulations (the usual choice,
+  best for sets) and the median nearest-neighbour distance (one recording far from every
+  simulation, in a summary of many features, is seen only at that scale). The test
+  statistic is the smallest of the per-bandwidth p-values, calibrated by its own
+  simulated null (the aggregation of MMDAgg [3]).
+- Which summary: the test sees only what its features see. A posterior's summary reads
+  what the model explains; :func:`bmsbi.summaries.full_band_features` adds the rest of
+  the spectrum (``MMDTest.fit(recordings, summary=...)``).
 
 The k-nearest-neighbour score of :mod:`bmsbi.ood` answers the same question for one
 observation with another distance; ``benchmarks/misspecification.py`` sets them side by
@@ -23,6 +31,8 @@ References
    A kernel two-sample test. JMLR 13.
 .. [2] Schmitt, M., Bürkner, P.-C., Köthe, U., Radev, S. T. (2023). Detecting model
    misspecification in amortized Bayesian inference with neural networks. GCPR.
+.. [3] Schrab, A., Kim, I., Albert, M., Laurent, B., Guedj, B., Gretton, A. (2023). MMD
+   aggregated two-sample test. JMLR 24.
 """
 
 from __future__ import annotations
@@ -37,13 +47,14 @@ _CHUNK = 1024
 
 
 def _kernel_mean(a, b, bandwidth):
-    """``(len(a),)``: mean over ``b`` of the Gaussian kernel ``exp(-|a - b|^2 / (2 h^2))``."""
+    """``(len(a),)``: mean over ``b`` of the kernel: ``exp(-|a - b|^2 / (2 h^2))`` averaged over
+    the bandwidths ``h`` in ``bandwidth``."""
     out = np.empty(len(a))
     bb = (b ** 2).sum(axis=1)
     for s in range(0, len(a), _CHUNK):
         q = a[s:s + _CHUNK]
         d2 = np.maximum((q ** 2).sum(axis=1)[:, None] + bb[None] - 2 * q @ b.T, 0.0)
-        out[s:s + _CHUNK] = np.exp(-d2 / (2 * bandwidth ** 2)).mean(axis=1)
+        out[s:s + _CHUNK] = np.mean([np.exp(-d2 / (2 * h ** 2)).mean(axis=1) for h in bandwidth], axis=0)
     return out
 
 
@@ -62,6 +73,39 @@ def _summarise(summary, recordings: np.ndarray) -> np.ndarray:
     return np.asarray(summary.batch(np.asarray(recordings, np.float32)), np.float64)
 
 
+class _Null:
+    """A simulated null of statistics ``(H, n)`` (one row per bandwidth; larger = less alike).
+
+    With one bandwidth the p-value of a statistic is the share of null draws at least as
+    large, ``(1 + count) / (1 + n)``. With several, the test statistic is the smallest
+    per-bandwidth p-value, and its own null is that minimum computed for every null
+    draw against the others: the aggregated test stays exactly calibrated (as in MMDAgg,
+    Schrab et al. 2023).
+    """
+
+    def __init__(self, stats: np.ndarray):
+        self.sorted = np.sort(stats, axis=1)
+        if len(stats) > 1:
+            n = stats.shape[1]
+            # each null draw's per-bandwidth p-value against the other draws
+            others = np.stack([n - np.searchsorted(srt, row, side="left") - 1 for srt, row in zip(self.sorted, stats)])
+            self.min_p = np.sort((1.0 + others.min(axis=0)) / n)
+
+    def _per_bandwidth(self, stats: np.ndarray) -> np.ndarray:
+        n = self.sorted.shape[1]
+        count = np.stack([n - np.searchsorted(srt, col, side="left") for srt, col in zip(self.sorted, stats.T)])
+        return (1.0 + count) / (1.0 + n)  # (H, m)
+
+    def pvalues(self, stats: np.ndarray) -> np.ndarray:
+        """P-values ``(m,)`` of statistics ``(m, H)``."""
+        p = self._per_bandwidth(stats)
+        if len(p) == 1:
+            return p[0]
+        t = p.min(axis=0)
+        n = self.min_p.size
+        return (1.0 + np.searchsorted(self.min_p, t, side="right")) / (1.0 + n)
+
+
 class MMDTest:
     """MMD two-sample test of observations against training simulations, with a simulated null.
 
@@ -75,8 +119,9 @@ class MMDTest:
         Z-scored training rows held out of ``reference``: the simulated null draws from them.
     mean, std : arrays ``(f,)``
         The z-scoring of the flattened observations.
-    bandwidth : float
-        Gaussian kernel bandwidth (median distance between reference rows by default).
+    bandwidth : float or tuple of floats
+        Gaussian kernel bandwidths; the kernel is the mean of one Gaussian per bandwidth
+        (still 1 at distance 0). :meth:`fit` takes two by default (see there).
     num_null : int
         Sets drawn for the null of a set of ``m > 1`` observations.
     seed : int
@@ -103,7 +148,7 @@ class MMDTest:
         self.pool = np.asarray(pool, np.float64)
         self.mean = np.asarray(mean, np.float64).reshape(-1)
         self.std = np.asarray(std, np.float64).reshape(-1)
-        self.bandwidth = float(bandwidth)
+        self.bandwidth = tuple(float(h) for h in np.atleast_1d(np.asarray(bandwidth, np.float64)))
         self.num_null = check_positive_int(num_null, "num_null")
         self.seed = int(seed)
         self.summary = _check_summary(summary)
@@ -111,12 +156,13 @@ class MMDTest:
                 or self.pool.shape[1] != self.mean.size or len(self.pool) < 2:
             raise ValueError(f"reference: expected (r, {self.mean.size}) and pool (c >= 2, {self.mean.size}) "
                              f"rows, got {self.reference.shape} and {self.pool.shape}")
-        if not (np.isfinite(self.bandwidth) and self.bandwidth > 0):
-            raise ValueError(f"bandwidth: expected a finite float > 0, got {bandwidth!r}")
-        # mean k(Y, Y) over the reference: the statistic's constant term
-        self._kyy = float(_kernel_mean(self.reference, self.reference, self.bandwidth).mean())
-        self._pool_k = _kernel_mean(self.pool, self.reference, self.bandwidth)  # mean_j k(p_i, y_j)
-        self._single_null = np.sort(1.0 + self._kyy - 2.0 * self._pool_k)
+        if not self.bandwidth or not all(np.isfinite(h) and h > 0 for h in self.bandwidth):
+            raise ValueError(f"bandwidth: expected finite floats > 0, got {bandwidth!r}")
+        # per bandwidth: mean k(Y, Y) over the reference (the statistic's constant term) and
+        # mean_j k(p_i, y_j) for every pool row
+        self._kyy = np.array([_kernel_mean(self.reference, self.reference, (h,)).mean() for h in self.bandwidth])
+        self._pool_k = np.stack([_kernel_mean(self.pool, self.reference, (h,)) for h in self.bandwidth])  # (H, c)
+        self._single_null = _Null(1.0 + self._kyy[:, None] - 2.0 * self._pool_k)
         self._nulls = {}
 
     @classmethod
@@ -131,9 +177,13 @@ class MMDTest:
         num_reference, num_pool : int
             Caps on the reference set and the null pool; with fewer rows, half of them
             are the reference.
-        bandwidth : float, optional
-            Kernel bandwidth in z-scored units; default: the median distance between
-            reference rows.
+        bandwidth : float or tuple of floats, optional
+            Kernel bandwidths in z-scored units. Default: two — the median distance
+            between reference rows (the usual choice for comparing sets, sensitive to
+            broad shifts) and the median distance from a reference row to its nearest
+            neighbour (the scale of the simulations' density, which gives one
+            recording alone the power of a nearest-neighbour test). The p-values stay
+            calibrated whatever the bandwidths: the null is simulated with the same kernel.
         num_null, seed : see the class (``seed`` also picks the rows).
         summary : bmsbi.summaries.Summary, optional
             Test in the space of this statistic: ``x`` (and every observation tested
@@ -166,7 +216,10 @@ class MMDTest:
         reference, pool = z[order[:n_ref]], z[order[n_ref:n_ref + num_pool]]
         if bandwidth is None:
             d2 = ((reference[:, None] - reference[None]) ** 2).sum(-1)
-            bandwidth = float(np.sqrt(np.median(d2[np.triu_indices(len(reference), 1)])))
+            median = float(np.sqrt(np.median(d2[np.triu_indices(len(reference), 1)])))
+            np.fill_diagonal(d2, np.inf)
+            nearest = float(np.sqrt(np.median(d2.min(axis=1))))
+            bandwidth = (median, nearest) if 0 < nearest < median else (median,)
         return cls(reference, pool, mean, std, bandwidth, num_null=num_null, seed=seed, summary=summary)
 
     def features(self, x) -> np.ndarray:
@@ -181,38 +234,40 @@ class MMDTest:
         return (flat - self.mean) / self.std
 
     def statistics(self, x) -> np.ndarray:
-        """``MMD^2({x_i}, reference)`` ``(m,)`` of each observation alone (``inf`` where not finite)."""
+        """``MMD^2({x_i}, reference)`` ``(m, H)`` of each observation alone, one column per
+        bandwidth (``inf`` where not finite)."""
         z = self.features(x)
         ok = np.isfinite(z).all(axis=1)
-        out = np.full(len(z), np.inf)
+        out = np.full((len(z), len(self.bandwidth)), np.inf)
         if ok.any():
-            out[ok] = 1.0 + self._kyy - 2.0 * _kernel_mean(z[ok], self.reference, self.bandwidth)
+            out[ok] = (1.0 + self._kyy[:, None] - 2.0 * np.stack(
+                [_kernel_mean(z[ok], self.reference, (h,)) for h in self.bandwidth])).T
         return out
 
     def pvalues(self, x) -> np.ndarray:
-        """P-value ``(m,)`` of each observation tested alone: the share of held-out simulations
-        whose statistic is at least as large, ``(1 + count) / (1 + num_pool)``."""
-        s = self.statistics(x)
-        c = self._single_null
-        return (1.0 + c.size - np.searchsorted(c, s, side="left")) / (1.0 + c.size)
+        """P-value ``(m,)`` of each observation tested alone against the held-out simulations
+        of the pool (``(1 + count) / (1 + num_pool)``; with several bandwidths, of the
+        smallest per-bandwidth p-value, see :class:`MMDTest`)."""
+        return self._single_null.pvalues(self.statistics(x))
 
-    def statistic(self, x) -> float:
-        """``MMD^2(X, reference)`` (biased V-statistic) of the set of observations ``x``."""
+    def statistic(self, x) -> np.ndarray:
+        """``MMD^2(X, reference)`` ``(H,)`` (biased V-statistic, one per bandwidth) of the set ``x``."""
         z = self.features(x)
         if not np.isfinite(z).all():
-            return float("inf")
-        kxx = _kernel_mean(z, z, self.bandwidth).mean()
-        return float(kxx + self._kyy - 2.0 * _kernel_mean(z, self.reference, self.bandwidth).mean())
+            return np.full(len(self.bandwidth), np.inf)
+        return np.array([_kernel_mean(z, z, (h,)).mean() + kyy - 2.0 * _kernel_mean(z, self.reference, (h,)).mean()
+                         for h, kyy in zip(self.bandwidth, self._kyy)])
 
-    def _null(self, m: int) -> np.ndarray:
+    def _null(self, m: int) -> "_Null":
         if m not in self._nulls:
             rng = np.random.default_rng(self.seed + m)
-            stats = np.empty(self.num_null)
+            stats = np.empty((len(self.bandwidth), self.num_null))
             for b in range(self.num_null):
                 rows = rng.choice(len(self.pool), size=min(m, len(self.pool)), replace=False)
                 z = self.pool[rows]
-                stats[b] = _kernel_mean(z, z, self.bandwidth).mean() + self._kyy - 2.0 * self._pool_k[rows].mean()
-            self._nulls[m] = np.sort(stats)
+                for i, h in enumerate(self.bandwidth):
+                    stats[i, b] = _kernel_mean(z, z, (h,)).mean() + self._kyy[i] - 2.0 * self._pool_k[i, rows].mean()
+            self._nulls[m] = _Null(stats)
         return self._nulls[m]
 
     def pvalue(self, x) -> float:
@@ -224,11 +279,9 @@ class MMDTest:
         z = self.features(x)
         if len(z) == 1:
             return float(self.pvalues(x)[0])
-        null = self._null(len(z))
-        s = self.statistic(x)
-        return float((1.0 + null.size - np.searchsorted(null, s, side="left")) / (1.0 + null.size))
+        return float(self._null(len(z)).pvalues(self.statistic(x)[None])[0])
 
     def __repr__(self):
         summary = "" if self.summary is None else f", summary={type(self.summary).__name__}"
         return (f"MMDTest(reference={len(self.reference)}, pool={len(self.pool)}, features={self.mean.size}, "
-                f"bandwidth={self.bandwidth:.3g}{summary})")
+                f"bandwidth=({', '.join(f'{h:.3g}' for h in self.bandwidth)}){summary})")

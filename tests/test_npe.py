@@ -397,9 +397,43 @@ def test_base_calibration_scale_keeps_an_exact_posterior_and_survives_files(tmp_
     np.testing.assert_allclose(back.log_prob(s[:50], x_obs), post.log_prob(s[:50], x_obs), rtol=1e-5)
 
 
+def test_ensemble_is_the_mixture_of_its_members_and_survives_files(tmp_path):
+    prior, bank = gaussian_linear(2, 4000, seed=7)
+    post = NPE(density_estimator="maf", ensemble=3, max_epochs=40).fit(
+        bank, prior=prior, key=jax.random.key(8), progress=False)
+    assert post.config["ensemble"] == 3 and "base_scale" not in post.config   # "auto": no scale on a mixture
+    x_obs = np.array([[0.3, -0.8], [1.5, 0.2]], np.float32)
+    s = np.asarray(post.sample(jax.random.key(2), x_obs, 20001))            # not a multiple of 3
+    assert s.shape == (2, 20001, 2)
+    for i in range(2):
+        mean, sd = analytic(x_obs[i])
+        assert np.all(np.abs(s[i].mean(0) - mean) < 0.1 * sd), (s[i].mean(0), mean)
+        np.testing.assert_allclose(s[i].std(0), sd, rtol=0.1)
+    # log_prob is the log of the members' mean density: members rebuilt one by one agree
+    members = post.model.members
+    lp = np.asarray(post.log_prob(s[:, :40], x_obs))
+    per = []
+    for k in range(3):
+        one = jax.tree.map(lambda a: a[k] if eqx.is_array(a) else a, members)
+        single = bmsbi.posterior.DirectPosterior(one, prior=prior, x_shape=(2,), stats=post.stats,
+                                                 config={**post.config, "ensemble": 1})
+        per.append(np.asarray(single.log_prob(s[:, :40], x_obs)))
+    np.testing.assert_allclose(lp, np.log(np.mean(np.exp(per), axis=0)), rtol=1e-4, atol=1e-4)
+    assert np.abs(per[0] - per[1]).max() > 1e-3                              # members differ
+    post.save(tmp_path / "e.bmsbi")
+    back = bmsbi.load_posterior(tmp_path / "e.bmsbi")
+    np.testing.assert_allclose(np.asarray(back.log_prob(s[:, :40], x_obs)), lp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(back.sample(jax.random.key(4), x_obs, 30)),
+                                  np.asarray(post.sample(jax.random.key(4), x_obs, 30)))
+
+
 @pytest.mark.parametrize("kwargs, word", [({"base_calibration": "tau"}, "base_calibration"),
                                           ({"base_calibration": "scale", "validation_fraction": 0.0},
-                                           "base_calibration")])
+                                           "base_calibration"),
+                                          ({"ensemble": 0}, "ensemble: expected an int"),
+                                          ({"ensemble": 2.0}, "ensemble: expected an int"),
+                                          ({"ensemble": 3, "base_calibration": "scale"},
+                                           "base_calibration: 'scale' calibrates one network")])
 def test_base_calibration_bad_input(kwargs, word):
     with pytest.raises(ValueError, match=word):
         NPE(**kwargs)

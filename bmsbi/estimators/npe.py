@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 
 import equinox as eqx
 import jax
@@ -423,6 +424,58 @@ class NPEModel(eqx.Module):
         return x_std.reshape(-1) if self.embedding is None else self.embedding(x_std)
 
 
+class MixtureFlow(eqx.Module):
+    """An equal-weight mixture of ``size`` flows of one architecture (arrays stacked on a
+    leading axis), with the two calls a posterior makes of a flow.
+
+    ``condition`` carries one conditioning vector per member on its second-to-last
+    axis, ``(..., size, c)``.
+    """
+
+    flows: eqx.Module
+    size: int = eqx.field(static=True)
+
+    def sample(self, key, sample_shape, condition):
+        """``sample_shape = (n,)`` draws for one condition ``(size, c)``: ``ceil(n / size)`` from
+        every member, shuffled, the first ``n`` kept (each draw from a member at random)."""
+        (n,) = sample_shape
+        per = -(-n // self.size)
+        k_draw, k_perm = jax.random.split(key)
+        draws = eqx.filter_vmap(lambda f, k, c: f.sample(k, (per,), condition=c))(
+            self.flows, jax.random.split(k_draw, self.size), condition)
+        draws = draws.reshape((self.size * per,) + draws.shape[2:])
+        return jax.random.permutation(k_perm, draws)[:n]
+
+    def log_prob(self, x, condition):
+        """``log (1/size) sum_k q_k(x | c_k)``, ``condition (..., size, c)`` broadcast against ``x``."""
+        lp = eqx.filter_vmap(lambda f, c: f.log_prob(x, c), in_axes=(eqx.if_array(0), -2))(self.flows, condition)
+        return jax.scipy.special.logsumexp(lp, axis=0) - jnp.log(self.size)
+
+
+class EnsembleNPEModel(eqx.Module):
+    """``size`` trained :class:`NPEModel` s of one architecture, their arrays stacked; the
+    posterior is their equal-weight mixture (``NPE(ensemble=size)``)."""
+
+    members: NPEModel
+    size: int = eqx.field(static=True)
+
+    @classmethod
+    def stack(cls, models) -> "EnsembleNPEModel":
+        """Stack the unwrapped members (parametrisations applied, so stacking is plain)."""
+        models = [paramax.unwrap(m) for m in models]
+        arrays = [eqx.filter(m, eqx.is_array) for m in models]
+        rest = eqx.filter(models[0], eqx.is_array, inverse=True)
+        return cls(eqx.combine(jax.tree.map(lambda *a: jnp.stack(a), *arrays), rest), len(models))
+
+    def condition(self, x_std):
+        """Conditioning vectors ``(size, c)`` of one standardised observation."""
+        return eqx.filter_vmap(lambda m: m.condition(x_std))(self.members)
+
+    @property
+    def flow(self) -> MixtureFlow:
+        return MixtureFlow(self.members.flow, self.size)
+
+
 @dataclasses.dataclass
 class NPE:
     """Neural posterior estimation with a conditional normalizing flow.
@@ -556,12 +609,23 @@ class NPE:
         undo the widening the noise is for), else ``"none"``. Why it is the default — HPD coverage,
         SBC and held-out log score on the shipped tasks against ``"none"`` and the
         ``sbi`` package — is measured in ``benchmarks/RESULTS.md``, section
-        "Calibration study".
+        "Calibration study". With ``ensemble > 1``, ``"auto"`` is ``"none"``.
+    ensemble : int, default 1
+        Train this many networks on the same bank from different random starts (and
+        minibatch orders; the compiled training epoch is reused) and use their
+        equal-weight mixture as the posterior — the remedy for overconfident neural
+        posteriors recommended by Hermans et al. (2022). Costs ``ensemble`` times the
+        training; sampling draws ``num_samples / ensemble`` from every member in one
+        vectorised call, and ``log_prob`` evaluates every member. Measured in
+        ``benchmarks/RESULTS.md``, section "Calibration study".
 
     References
     ----------
     Cannon, P., Ward, D., Schmon, S. M. (2022). Investigating the impact of model
     misspecification in neural simulation-based inference. arXiv:2209.01845.
+    Hermans, J., Delaunoy, A., Rozet, F., Wehenkel, A., Begy, V., Louppe, G. (2022). A
+    trust crisis in simulation-based inference? Your posterior approximations can be
+    unfaithful. TMLR.
 
     Examples
     --------
@@ -608,6 +672,7 @@ class NPE:
     summary_noise: float = 0.0
     x_transform: str | tuple = "auto"
     base_calibration: str = "auto"
+    ensemble: int = 1
 
     def __post_init__(self):
         self.x_transform = check_x_transform(self.x_transform)
@@ -636,6 +701,12 @@ class NPE:
         if self.base_calibration not in ("auto", "scale", "none"):
             raise ValueError(f"base_calibration: expected 'auto', 'scale' or 'none', got "
                              f"{self.base_calibration!r}")
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, (int, np.integer)) \
+                or not 1 <= self.ensemble <= 100:
+            raise ValueError(f"ensemble: expected an int in [1, 100], got {self.ensemble!r}")
+        if self.ensemble > 1 and self.base_calibration == "scale":
+            raise ValueError("base_calibration: 'scale' calibrates one network; an ensemble (ensemble="
+                             f"{self.ensemble}) is widened by its members' spread instead: use 'auto' or 'none'")
         if self.base_calibration == "scale" and not self.validation_fraction > 0:
             raise ValueError(f"base_calibration: {self.base_calibration!r} fits on the validation rows and "
                              f"needs validation_fraction > 0, got {self.validation_fraction!r}")
@@ -658,7 +729,8 @@ class NPE:
                 "nn_depth": int(self.nn_depth), "z_score_x": self.z_score_x,
                 "theta_space": self.theta_space,
                 "embedding": None if self.embedding is None else self.embedding.config(),
-                **({"conditional_affine": True} if family == "maf" else {})}
+                **({"conditional_affine": True} if family == "maf" else {}),
+                **({"ensemble": int(self.ensemble)} if self.ensemble > 1 else {})}
 
     def training_config(self) -> dict:
         return {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
@@ -667,7 +739,8 @@ class NPE:
                 "weight_decay": self.weight_decay, "schedule": self.schedule,
                 "linear_init": self.linear_init, "ema_decay": self.ema_decay,
                 "truncation_fraction": self.truncation_fraction,
-                "summary_noise": self.summary_noise, "base_calibration": self.base_calibration}
+                "summary_noise": self.summary_noise, "base_calibration": self.base_calibration,
+                "ensemble": int(self.ensemble)}
 
     def fit(self, bank, *, prior, key, progress: bool = True, summary=None,
             recording_shape=None) -> DirectPosterior:
@@ -708,8 +781,30 @@ class NPE:
         s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
         x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
 
+        config = self.config(trials)
+        members, histories = [], []
+        for k in range(self.ensemble):  # member 0 uses the key as a single network does
+            member_key = key if k == 0 else jax.random.fold_in(key, 1000 + k)
+            model, history = self._fit_network(member_key, config, prior, identity, stats, s_theta, x_std,
+                                               x_shape, trials, len(theta), progress)
+            members.append(model)
+            histories.append(history)
+            if progress and self.ensemble > 1:
+                print(f"NPE ensemble: member {k + 1} of {self.ensemble} trained ({history.epochs} epochs)",
+                      file=sys.stderr, flush=True)
+        model = members[0] if self.ensemble == 1 else EnsembleNPEModel.stack(members)
+        history = histories[0]
+        stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
+        post = DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
+                               config=config, history=history,
+                               training=self.training_config(), x_transform=x_transform)
+        return post.attach_training_data(x_raw[:, 0] if trials else x_raw, summary=summary,  # one trial per simulation
+                                 recording_shape=recording_shape, meta=getattr(bank, "meta", None))
+
+    def _fit_network(self, key, config, prior, identity, stats, s_theta, x_std, x_shape, trials, n, progress):
+        """One network trained by the engine: ``(model, history)``; may write ``config["base_scale"]``."""
         k_flow, k_fit = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-        embedding, config = self.embedding, self.config(trials)
+        embedding = self.embedding
         if trials:  # a permutation-invariant embedding of 1..K trials (bmsbi.Trials)
             embedding = TrialEmbedding((trials, *x_shape), per_trial=self.embedding,
                                        key=jax.random.fold_in(key, 2))
@@ -730,23 +825,19 @@ class NPE:
             loss = functools.partial(_nll, fraction=float(self.truncation_fraction),
                                      noise=float(self.summary_noise), subsets=bool(trials))
         result = engine.fit(model, loss, (s_theta, x_std), key=k_fit, static=box,
-                            config=self.fit_config(len(theta)), progress=progress, desc="NPE")
+                            config=self.fit_config(n), progress=progress, desc="NPE")
         model, history = result.params, result.history
         # "auto" leaves alone what the clean validation rows cannot judge: a posterior for
-        # noisier observations (summary_noise) or for 1..K trials.
+        # noisier observations (summary_noise) or for 1..K trials; an ensemble is widened
+        # by its members' spread.
         calibrate = self.base_calibration == "scale" or (
-            self.base_calibration == "auto" and not trials and not self.summary_noise > 0)
+            self.base_calibration == "auto" and not trials and not self.summary_noise > 0 and self.ensemble == 1)
         if calibrate and result.validation_rows is not None:
             scale = fitted_base_scale(model, s_theta[result.validation_rows],
                                       x_std[result.validation_rows])
             model = with_base_scale(model, scale)
             config["base_scale"] = [float(v) for v in scale]
-        stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
-        post = DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
-                               config=config, history=history,
-                               training=self.training_config(), x_transform=x_transform)
-        return post.attach_training_data(x_raw[:, 0] if trials else x_raw, summary=summary,  # one trial per simulation
-                                 recording_shape=recording_shape, meta=getattr(bank, "meta", None))
+        return model, history
 
     def fit_config(self, num_simulations: int) -> engine.FitConfig:
         """The engine's :class:`bmsbi.engine.FitConfig` for a bank of ``num_simulations`` rows."""
@@ -901,6 +992,8 @@ def model_from_config(config: dict, dim: int, x_shape: tuple) -> NPEModel:
     model = NPEModel(flow, embedding)
     if config.get("base_scale") is not None:
         model = with_base_scale(model, config["base_scale"])
+    if config.get("ensemble", 1) > 1:
+        return EnsembleNPEModel.stack([model] * int(config["ensemble"]))
     return model
 
 
