@@ -51,7 +51,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--chunk-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-warm-start", action="store_true")
+    p.add_argument("--warm-start", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
@@ -66,7 +66,7 @@ def main(argv=None):
     x_obs = np.asarray(task.summary(jax.numpy.asarray(rec.data, jax.numpy.float32)), np.float32)
 
     seq = bmsbi.SequentialNPE(rounds=args.rounds, simulations_per_round=args.simulations_per_round,
-                              warm_start=not args.no_warm_start)
+                              warm_start=args.warm_start)
     t0 = time.perf_counter()
     post = seq.fit(task, None, x_obs, key=jax.random.key(args.seed + 1), progress=not args.quiet)
     fit_s = time.perf_counter() - t0
@@ -86,7 +86,7 @@ def main(argv=None):
         "|---|---:|---:|---:|---|---|---|",
         f"| amortized NPE (RESULTS.md, run 3) | {AMORTIZED_SIMULATIONS} | {ref:.3f} | | | | |",
         f"| TSNPE {args.rounds} × {args.simulations_per_round}"
-        f"{', from scratch' if args.no_warm_start else ', warm start'} | {total} | {r:.3f} | {ks:.2f} | {mean} "
+        f"{', warm start' if args.warm_start else ', from scratch'} | {total} | {r:.3f} | {ks:.2f} | {mean} "
         f"| {sd} | {float(np.asarray(res.ood_score)[0]):.2f} ({'yes' if bool(np.asarray(res.flagged)[0]) else 'no'}) |",
     ])
     met = abs(r - ref) <= 0.01 and 4 * total <= AMORTIZED_SIMULATIONS
