@@ -689,7 +689,7 @@ class NPE:
         standardisation of ``theta`` and ``x`` and its ``x_transform`` (so the weights
         mean what they meant), with no ``linear_init``; the starting weights are
         validated too, and kept if no epoch beats them (``keep_start``). It is what
-        :class:`bmsbi.SequentialNPE` uses between rounds. Flows with
+        :class:`bmsbi.SequentialNPE` uses between rounds with ``warm_start=True``. Flows with
         ``paramax.Parameterize`` leaves (``"maf"``, ``"maf_rqs"``) cannot be warm
         started: their saved weights are not the trained ones.
 
