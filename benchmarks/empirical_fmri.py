@@ -76,6 +76,32 @@ def pearson(a, b) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def posterior_predictive(task, samples, emp_fc, emp_fcd, args):
+    """Per subject: median FC r of ``args.draws`` simulated posterior draws, and the FCD KS of the median draw.
+
+    ``samples`` ``(subjects, n, d)``; draws picked with ``numpy`` seed ``args.seed``, simulated
+    in one batch with key ``args.seed + 3``. Returns ``(fc_r, fcd_ks)``, lists over subjects.
+    """
+    import jax
+
+    import bmsbi
+
+    fs = task.fs
+    rng = np.random.default_rng(args.seed)
+    draws = np.stack([s[rng.choice(len(s), args.draws, replace=False)] for s in samples])
+    sims = np.asarray(bmsbi.simulate_at(task.observe_fn, draws.reshape(-1, draws.shape[-1]).astype(np.float32),
+                                        key=jax.random.key(args.seed + 3), chunk_size=args.chunk_size))
+    sims = sims.reshape(len(samples), args.draws, *sims.shape[1:])
+    ppc_r, ppc_ks = [], []
+    for i in range(len(samples)):
+        f = [bandpassed(s, fs) for s in sims[i]]
+        rs = np.array([pearson(fc_upper(s), emp_fc[i]) for s in f])
+        ppc_r.append(float(np.median(rs)))
+        mid = int(np.argsort(rs)[len(rs) // 2])
+        ppc_ks.append(ks_distance(fcd_values(f[mid], fs), emp_fcd[i]))
+    return ppc_r, ppc_ks
+
+
 def run_dataset(name: str, args) -> dict:
     import jax
 
@@ -121,20 +147,8 @@ def run_dataset(name: str, args) -> dict:
     out["ood_flag"] = np.asarray(res.flagged).tolist()
 
     t0 = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
-    draws = np.stack([s[rng.choice(len(s), args.draws, replace=False)] for s in samples])
-    sims = np.asarray(observe_batch(draws.reshape(-1, draws.shape[-1]),
-                                    jax.random.key(args.seed + 3)))
-    sims = sims.reshape(len(recs), args.draws, *sims.shape[1:])
+    out["ppc_fc_r"], out["ppc_fcd_ks"] = posterior_predictive(task, samples, emp_fc, emp_fcd, args)
     out["ppc_s"] = time.perf_counter() - t0
-    ppc_r, ppc_ks = [], []
-    for i in range(len(recs)):
-        f = filtered(sims[i])
-        rs = np.array([pearson(fc_upper(s), emp_fc[i]) for s in f])
-        ppc_r.append(float(np.median(rs)))
-        mid = int(np.argsort(rs)[len(rs) // 2])
-        ppc_ks.append(ks_distance(fcd_values(f[mid], fs), emp_fcd[i]))
-    out["ppc_fc_r"], out["ppc_fcd_ks"] = ppc_r, ppc_ks
 
     # ------------------------------------------------------------ grid search
     g_values = np.linspace(0.0, simulators.hopf_bold.G_MAX, args.grid_g)  # the prior's range of G

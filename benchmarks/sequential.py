@@ -7,7 +7,8 @@ amortized 10k C2ST (mean over 5 observations)".
   of ``--amortized-budget`` simulations from the prior, ``bmsbi.NPE()`` defaults, the
   same bank seed, observations, reference seeds and C2ST as there);
 * ``tsnpe``: ``bmsbi.SequentialNPE(rounds, simulations_per_round)`` with ``bmsbi.NPE()``
-  defaults, one run per observation (key ``seed + 1`` folded with the observation index),
+  defaults (``--epsilon``; ``--warm-start``: each round continues from the previous
+  round's network), one run per observation (key ``seed + 1`` folded with the observation index),
   simulating with the task's JAX simulator (``benchmarks/tasks.py``).
 
 C2ST is sbibm's (``bmsbi.diagnostics.c2st``, seed 1) of ``--num-samples`` posterior
@@ -39,7 +40,7 @@ from benchmarks import npe_vs_sbi  # noqa: E402
 from benchmarks import tasks as bt  # noqa: E402
 from bmsbi.diagnostics import c2st  # noqa: E402
 
-HEADING = "## Sequential NPE (TSNPE) on two-moons (2026-12-06, issue 17)"
+HEADING = "## TSNPE on two-moons (issue 17)"
 
 
 def run_tsnpe(task, x_obs, refs, args):
@@ -47,7 +48,8 @@ def run_tsnpe(task, x_obs, refs, args):
     prior = bmsbi.Prior.uniform(task.prior_low, task.prior_high, names=task.names)
     rows = []
     for i, (xo, ref) in enumerate(zip(x_obs, refs)):
-        seq = bmsbi.SequentialNPE(rounds=args.rounds, simulations_per_round=args.simulations_per_round)
+        seq = bmsbi.SequentialNPE(rounds=args.rounds, simulations_per_round=args.simulations_per_round,
+                                  epsilon=args.epsilon, warm_start=args.warm_start)
         key = jax.random.fold_in(jax.random.key(args.seed + 1), i)
         t0 = time.perf_counter()
         post = seq.fit(task.simulate, prior, xo.astype(np.float32), key=key, progress=False)
@@ -72,6 +74,9 @@ def main(argv=None):
     p.add_argument("--amortized-budget", type=int, default=10_000)
     p.add_argument("--num-observations", type=int, default=5)
     p.add_argument("--num-samples", type=int, default=10_000)
+    p.add_argument("--epsilon", type=float, default=1e-4)
+    p.add_argument("--warm-start", action="store_true",
+                   help="continue each round from the previous round's network (SequentialNPE(warm_start=True))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
@@ -100,7 +105,8 @@ def main(argv=None):
         f"| amortized NPE | {args.amortized_budget} | {', '.join(f'{c:.3f}' for c in amortized.c2st)} "
         f"| {np.mean(amortized.c2st):.3f} ± {np.std(amortized.c2st):.3f} | {np.mean(amortized.mean_err):.3f} "
         f"| {amortized.fit_s:.1f} (once) |",
-        f"| TSNPE {args.rounds} × {args.simulations_per_round} | {total} per obs. "
+        f"| TSNPE {args.rounds} × {args.simulations_per_round}, "
+        f"{'warm start' if args.warm_start else 'from scratch'}, ε = {args.epsilon:g} | {total} per obs. "
         f"| {', '.join(f'{c:.3f}' for c in tsnpe_c2st)} | {np.mean(tsnpe_c2st):.3f} ± {np.std(tsnpe_c2st):.3f} "
         f"| {np.mean([r['mean_err'] for r in rows]):.3f} | {np.mean([r['fit_s'] for r in rows]):.1f} |",
     ]
@@ -109,7 +115,7 @@ def main(argv=None):
     notes = [
         f"C2ST: sbibm definition, {args.num_samples} posterior vs {args.num_samples} exact reference samples, "
         f"observations 1–{args.num_observations} of `benchmarks/tasks.py` (0.5 best).",
-        "Truncated-prior fraction per round (prior mass of the (1 − 1e-4) HPD region the round drew from), "
+        f"Truncated-prior fraction per round (prior mass of the (1 − ε) HPD region the round drew from, ε = {args.epsilon:g}), "
         "per observation: " + "; ".join(
             f"obs {i + 1}: " + ", ".join(f"{f:.3f}" for f in r["fractions"]) for i, r in enumerate(rows)) + ".",
         "Methods per round: " + ", ".join(sorted({m for r in rows for m in r["methods"]})) + "; epochs per round "

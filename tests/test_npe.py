@@ -437,3 +437,44 @@ def test_ensemble_is_the_mixture_of_its_members_and_survives_files(tmp_path):
 def test_base_calibration_bad_input(kwargs, word):
     with pytest.raises(ValueError, match=word):
         NPE(**kwargs)
+
+
+def test_a_warm_start_begins_at_the_earlier_fit_and_keeps_its_standardisation(tmp_path):
+    prior, bank = gaussian_linear(2, 600)
+    small = dict(hidden=16, num_layers=2, base_calibration="none")
+    first = NPE(max_epochs=15, **small).fit(bank, prior=prior, key=1, progress=False)
+    first.save(tmp_path / "first.bmsbi")
+    back = bmsbi.load_posterior(tmp_path / "first.bmsbi")
+    # Another bank, shifted: a fresh fit would standardise it differently.
+    _, other = gaussian_linear(2, 600, seed=5)
+    shifted = bmsbi.Bank(other.theta, other.x + 0.5, names=other.names)
+    # A vanishing learning rate: no epoch beats the start (keep_start), so the result IS the start.
+    still = NPE(max_epochs=1, learning_rate=1e-12, **small).fit(shifted, prior=prior, key=2, progress=False,
+                                                                init=back)
+    assert still.history.best_epoch == -1
+    for k in first.stats:
+        np.testing.assert_array_equal(still.stats[k], first.stats[k])
+    theta = np.asarray(first.sample(jax.random.key(3), np.zeros(2, np.float32), 50))
+    np.testing.assert_allclose(np.asarray(still.log_prob(theta, np.zeros(2, np.float32))),
+                               np.asarray(first.log_prob(theta, np.zeros(2, np.float32))), atol=1e-5)
+    # A calibrated start has its base scale taken off before training, and a new one fitted.
+    calibrated = NPE(max_epochs=15, hidden=16, num_layers=2).fit(bank, prior=prior, key=1, progress=False)
+    again = NPE(max_epochs=3, hidden=16, num_layers=2).fit(bank, prior=prior, key=2, progress=False,
+                                                           init=calibrated, validation_rows=np.arange(100))
+    assert len(again.config["base_scale"]) == 2 and again.history.num_val == 100
+
+
+def test_a_warm_start_refuses_another_architecture_and_bad_validation_rows():
+    prior, bank = gaussian_linear(2, 300)
+    first = NPE(max_epochs=2, hidden=16, num_layers=2).fit(bank, prior=prior, key=1, progress=False)
+    with pytest.raises(ValueError, match=r"init: its architecture differs from this NPE's \(in \['hidden'\]\)"):
+        NPE(max_epochs=2, hidden=8, num_layers=2).fit(bank, prior=prior, key=2, progress=False, init=first)
+    with pytest.raises(ValueError, match="init: expected a posterior from NPE.fit"):
+        NPE(max_epochs=2).fit(bank, prior=prior, key=2, progress=False, init="posterior")
+    maf = NPE(max_epochs=2, hidden=16, num_layers=2, density_estimator="maf")
+    with pytest.raises(ValueError, match="init: a warm start needs a flow without paramax.Parameterize"):
+        maf.fit(bank, prior=prior, key=2, progress=False, init=maf.fit(bank, prior=prior, key=1, progress=False))
+    for rows, needle in [([1, 1, 2], r"distinct indices in \[0, 300\)"), ([0, 300], "distinct indices"),
+                         (np.arange(300), "leave none to train on"), ([0.5], "row indices")]:
+        with pytest.raises(ValueError, match=f"validation_rows: .*{needle}"):
+            NPE(max_epochs=2).fit(bank, prior=prior, key=2, progress=False, validation_rows=rows)

@@ -105,6 +105,9 @@ def test_the_posterior_saves_and_loads_with_its_rounds(fast_run, tmp_path):
     (dict(epsilon=0.0), r"epsilon: expected a float in \(0, 1\), got 0.0"),
     (dict(min_acceptance=1.5), "min_acceptance: expected a float in"),
     (dict(npe=bmsbi.NLE()), "npe: expected a bmsbi.NPE"),
+    (dict(warm_start=1), "warm_start: expected a bool, got 1"),
+    (dict(npe=bmsbi.NPE(density_estimator="maf"), warm_start=True),
+     r"warm_start: needs a spline flow .* pass warm_start=False"),
 ])
 def test_bad_settings_name_the_argument(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
@@ -140,10 +143,11 @@ def test_an_interrupted_run_resumes_from_its_round_banks(tmp_path):
     npe = bmsbi.NPE(max_epochs=5, hidden=16, num_layers=2)
 
     def run(rounds, folder):
-        seq = bmsbi.SequentialNPE(rounds=rounds, simulations_per_round=150, npe=npe, threshold_samples=2000)
+        seq = bmsbi.SequentialNPE(rounds=rounds, simulations_per_round=150, npe=npe, threshold_samples=2000,
+                                  warm_start=True)
         return seq, seq.fit(sim, prior, x_obs, key=1, path=folder, progress=False)
 
-    whole, _ = run(3, tmp_path / "whole")
+    whole, whole_post = run(3, tmp_path / "whole")
     cut, _ = run(2, tmp_path / "cut")  # "interrupted" after two rounds
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cut").rglob("*") if p.is_file()}
     resumed, post = run(3, tmp_path / "cut")
@@ -158,10 +162,39 @@ def test_an_interrupted_run_resumes_from_its_round_banks(tmp_path):
         assert {k: v for k, v in a.items() if k not in ("resumed", "epochs")} == \
             {k: v for k, v in b.items() if k not in ("resumed", "epochs")}
     assert post.sample(jax.random.key(0), x_obs, 10).shape == (10, 2)
+    # round 3 warm-started from round 2's posterior read back from its file: the same network
+    probe = np.asarray(whole_post.sample(jax.random.key(2), x_obs, 20))
+    np.testing.assert_allclose(np.asarray(post.log_prob(probe, x_obs)), np.asarray(whole_post.log_prob(probe, x_obs)),
+                               rtol=1e-5, atol=1e-5)
     # another setting in the same folder is refused, naming what differs
     with pytest.raises(ValueError, match=r"path: .* other settings \(differs in \['simulations_per_round'\]\)"):
-        bmsbi.SequentialNPE(rounds=3, simulations_per_round=200, npe=npe, threshold_samples=2000).fit(
+        bmsbi.SequentialNPE(rounds=3, simulations_per_round=200, npe=npe, threshold_samples=2000,
+                            warm_start=True).fit(
             sim, prior, x_obs, key=1, path=tmp_path / "cut", progress=False)
+
+
+def test_the_warm_start_keeps_each_rounds_validation_rows_held_out():
+    seq = bmsbi.SequentialNPE()
+    banks = [bmsbi.Bank(np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32)) for n in (1000, 990, 1000)]
+    one, two, three = (seq._validation_rows(banks[:r], jax.random.key(0)) for r in (1, 2, 3))
+    assert len(one) == 100 and len(two) == 199 and len(three) == 299
+    # the rows held out after round r stay held out in every later round, and each round adds its own
+    np.testing.assert_array_equal(two[:100], one)
+    np.testing.assert_array_equal(three[:199], two)
+    assert np.all((two[100:] >= 1000) & (two[100:] < 1990)) and np.all(three[199:] >= 1990)
+
+
+def test_warm_started_rounds_run_from_the_previous_network(tmp_path):
+    prior, sim = _problem(2)
+    x_obs = jnp.array([0.3, 0.5])
+    npe = bmsbi.NPE(max_epochs=5, hidden=16, num_layers=2)
+    seq = bmsbi.SequentialNPE(rounds=2, simulations_per_round=150, npe=npe, threshold_samples=2000, warm_start=True)
+    post = seq.fit(sim, prior, x_obs, key=1, path=tmp_path / "run", progress=False)
+    assert [r["method"] for r in seq.rounds_info] == ["prior", "rejection"] and post.history.num_val == 30
+    # round 2 kept round 1's standardisation (a fresh fit would standardise the pooled, narrower bank)
+    first = bmsbi.load_posterior(tmp_path / "run" / "posterior_1.bmsbi")
+    for k in first.stats:
+        np.testing.assert_array_equal(post.stats[k], first.stats[k])
 
 
 @pytest.mark.slow

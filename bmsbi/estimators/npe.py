@@ -49,7 +49,7 @@ from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identit
 from ..xtransform import XTransform, check_x_transform
 
 __all__ = ["NPE", "build_flow", "SplineCouplingStack", "ConditionalAffine",
-           "linear_gaussian_init"]
+           "linear_gaussian_init", "warm_start_model"]
 
 _ESTIMATORS = ("nsf", "maf", "maf_rqs", "flowjax_nsf")
 # Optimiser steps that max_epochs=None aims for (measured on two-moons, see NPE).
@@ -743,7 +743,8 @@ class NPE:
                 "ensemble": int(self.ensemble)}
 
     def fit(self, bank, *, prior, key, progress: bool = True, summary=None,
-            recording_shape=None) -> DirectPosterior:
+            recording_shape=None, init: DirectPosterior | None = None,
+            validation_rows=None) -> DirectPosterior:
         """Train on ``bank`` (a :class:`bmsbi.Bank`) and return the amortized posterior.
 
         ``summary`` (a :class:`bmsbi.summaries.Summary`) and ``recording_shape``
@@ -754,11 +755,29 @@ class NPE:
         :func:`bmsbi.load_posterior` in a new process. It also stores an
         out-of-distribution reference built from the bank (:mod:`bmsbi.ood`).
 
+        ``init`` (a warm start) is a posterior from an earlier ``NPE.fit`` with this
+        architecture (:meth:`config`), prior and ``x`` shape, also one read back with
+        :func:`bmsbi.load_posterior`: training then starts from its trained weights
+        (its base calibration, if any, taken off) instead of fresh ones, and keeps its
+        standardisation of ``theta`` and ``x`` and its ``x_transform`` (so the weights
+        mean what they meant), with no ``linear_init``; the starting weights are
+        validated too, and kept if no epoch beats them (``keep_start``). It is what
+        :class:`bmsbi.SequentialNPE` uses between rounds with ``warm_start=True``. Flows with
+        ``paramax.Parameterize`` leaves (``"maf"``, ``"maf_rqs"``) cannot be warm
+        started: their saved weights are not the trained ones.
+
+        ``validation_rows`` (indices into ``bank``) are the rows held out for validation
+        (early stopping and ``base_calibration``) instead of a random
+        ``validation_fraction`` of them; with a warm start, rows the earlier fit trained
+        on should stay out of them, or the validation loss reads too low.
+
         Raises
         ------
         ValueError
             ``bank`` holds non-finite rows, its ``theta`` dimension differs from the
-            prior's, or ``theta`` lies outside the prior's support.
+            prior's, or ``theta`` lies outside the prior's support; ``init`` that is not
+            such a posterior; ``validation_rows`` that are not distinct row indices
+            leaving rows to train on.
         """
         key = as_key(key)
         theta, x, prior = check_bank_prior(bank, prior)
@@ -774,10 +793,16 @@ class NPE:
         z = np.asarray(prior.jitted("to_unconstrained", keep=identity)(theta),
                        dtype=np.float64)
         mode = self._z_mode(x_shape)
-        x_transform = XTransform.choose(self.x_transform, x.reshape((-1,) + x_shape),
-                                        per_channel=mode == "structured")
-        x_raw, x = x, x_transform.apply(x)
-        stats = standardisation(z, x.reshape((-1,) + x_shape), mode)
+        if init is not None:
+            self._check_init(init, prior, x_shape, trials)
+            x_transform = init.x_transform
+            stats = {k: np.asarray(v, np.float64) for k, v in init.stats.items()}
+            x_raw, x = x, x_transform.apply(x)
+        else:
+            x_transform = XTransform.choose(self.x_transform, x.reshape((-1,) + x_shape),
+                                            per_channel=mode == "structured")
+            x_raw, x = x, x_transform.apply(x)
+            stats = standardisation(z, x.reshape((-1,) + x_shape), mode)
         s_theta = ((z - stats["theta_mean"]) / stats["theta_std"]).astype(np.float32)
         x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
 
@@ -786,7 +811,7 @@ class NPE:
         for k in range(self.ensemble):  # member 0 uses the key as a single network does
             member_key = key if k == 0 else jax.random.fold_in(key, 1000 + k)
             model, history = self._fit_network(member_key, config, prior, identity, stats, s_theta, x_std,
-                                               x_shape, trials, len(theta), progress)
+                                               x_shape, trials, len(theta), progress, init, validation_rows)
             members.append(model)
             histories.append(history)
             if progress and self.ensemble > 1:
@@ -801,7 +826,8 @@ class NPE:
         return post.attach_training_data(x_raw[:, 0] if trials else x_raw, summary=summary,  # one trial per simulation
                                  recording_shape=recording_shape, meta=getattr(bank, "meta", None))
 
-    def _fit_network(self, key, config, prior, identity, stats, s_theta, x_std, x_shape, trials, n, progress):
+    def _fit_network(self, key, config, prior, identity, stats, s_theta, x_std, x_shape, trials, n, progress,
+                     init=None, validation_rows=None):
         """One network trained by the engine: ``(model, history)``; may write ``config["base_scale"]``."""
         k_flow, k_fit = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
         embedding = self.embedding
@@ -814,9 +840,11 @@ class NPE:
                           num_layers=self.num_layers, num_bins=self.num_bins,
                           tail_bound=self.tail_bound, nn_depth=self.nn_depth, key=k_flow,
                           conditional_affine=True)
-        if self.linear_init and embedding is None:
-            flow = linear_gaussian_init(flow, s_theta, x_std.reshape(len(x_std), -1))
         model = NPEModel(flow, embedding)
+        if init is not None:
+            model = warm_start_model(model, init)
+        elif self.linear_init and embedding is None:
+            model = NPEModel(linear_gaussian_init(flow, s_theta, x_std.reshape(len(x_std), -1)), embedding)
 
         loss = functools.partial(_nll, noise=float(self.summary_noise), subsets=bool(trials))
         box = None
@@ -824,20 +852,45 @@ class NPE:
             box = support_box(prior, identity, stats)
             loss = functools.partial(_nll, fraction=float(self.truncation_fraction),
                                      noise=float(self.summary_noise), subsets=bool(trials))
-        result = engine.fit(model, loss, (s_theta, x_std), key=k_fit, static=box,
-                            config=self.fit_config(n), progress=progress, desc="NPE")
+        cfg = self.fit_config(n)
+        if init is not None:
+            cfg = cfg.replace(keep_start=True)
+        if validation_rows is None:
+            result = engine.fit(model, loss, (s_theta, x_std), key=k_fit, static=box,
+                                config=cfg, progress=progress, desc="NPE")
+            val_rows = result.validation_rows
+        else:
+            val_rows = _check_validation_rows(validation_rows, n)
+            train_rows = np.setdiff1d(np.arange(n), val_rows)
+            result = engine.fit(model, loss, (s_theta[train_rows], x_std[train_rows]), key=k_fit,
+                                static=box, config=cfg,
+                                validation_data=(s_theta[val_rows], x_std[val_rows]) if len(val_rows) else None,
+                                progress=progress, desc="NPE")
+            val_rows = val_rows if len(val_rows) else None
         model, history = result.params, result.history
         # "auto" leaves alone what the clean validation rows cannot judge: a posterior for
         # noisier observations (summary_noise) or for 1..K trials; an ensemble is widened
         # by its members' spread.
         calibrate = self.base_calibration == "scale" or (
             self.base_calibration == "auto" and not trials and not self.summary_noise > 0 and self.ensemble == 1)
-        if calibrate and result.validation_rows is not None:
-            scale = fitted_base_scale(model, s_theta[result.validation_rows],
-                                      x_std[result.validation_rows])
+        if calibrate and val_rows is not None:
+            scale = fitted_base_scale(model, s_theta[val_rows], x_std[val_rows])
             model = with_base_scale(model, scale)
             config["base_scale"] = [float(v) for v in scale]
         return model, history
+
+    def _check_init(self, init, prior, x_shape, trials):
+        if not isinstance(init, DirectPosterior) or init.config.get("estimator") != "NPE":
+            raise ValueError(f"init: expected a posterior from NPE.fit to start from, got {type(init).__name__}")
+        ours = self.config(trials)
+        theirs = {k: v for k, v in init.config.items() if k != "base_scale"}
+        if theirs != ours:
+            differs = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            raise ValueError(f"init: its architecture differs from this NPE's (in {differs}); a warm start "
+                             f"needs the same settings")
+        if init.prior != prior or tuple(init.x_shape) != tuple(x_shape):
+            raise ValueError(f"init: fitted for another prior or x shape ({init.x_shape}); expected "
+                             f"{prior!r} and x shape {tuple(x_shape)}")
 
     def fit_config(self, num_simulations: int) -> engine.FitConfig:
         """The engine's :class:`bmsbi.engine.FitConfig` for a bank of ``num_simulations`` rows."""
@@ -977,6 +1030,56 @@ def with_base_scale(model: NPEModel, scale) -> NPEModel:
     scale = jnp.asarray(scale, jnp.float32)
     front = Affine(jnp.zeros_like(scale), scale)
     return NPEModel(Transformed(flow.base_dist, Chain([front, flow.bijection])), model.embedding)
+
+
+def _check_validation_rows(rows, n: int) -> np.ndarray:
+    arr = np.asarray(rows)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"validation_rows: expected a 1-D array of row indices, got {arr.dtype} of shape "
+                         f"{arr.shape}")
+    arr = np.sort(arr.astype(np.int64))
+    if arr.size and (arr[0] < 0 or arr[-1] >= n or np.any(np.diff(arr) == 0)):
+        raise ValueError(f"validation_rows: expected distinct indices in [0, {n}), got values "
+                         f"{arr.min()}..{arr.max()} ({arr.size - np.unique(arr).size} repeated)")
+    if arr.size >= n:
+        raise ValueError(f"validation_rows: {arr.size} of {n} rows leave none to train on")
+    return arr
+
+
+def warm_start_model(fresh: NPEModel, init: DirectPosterior) -> NPEModel:
+    """``fresh`` (an untrained model of ``init``'s architecture) holding ``init``'s trained weights.
+
+    ``init``'s base calibration (:func:`with_base_scale`, a fixed affine map in front of
+    the bijection) is taken off first. Leaves under ``paramax.NonTrainable`` take the
+    saved value; a flow with other ``paramax`` wrappers (``Parameterize``: the masked
+    autoregressive flows) is refused, since a posterior keeps only their unwrapped
+    values.
+    """
+    model = init.model
+    if init.config.get("base_scale") is not None:
+        flow = model.flow
+        model = NPEModel(Transformed(flow.base_dist, flow.bijection.bijections[1]), model.embedding)
+    is_wrapper = lambda v: isinstance(v, paramax.AbstractUnwrappable)  # noqa: E731
+    wrappers = [v for v in jax.tree_util.tree_leaves(fresh, is_leaf=is_wrapper)
+                if is_wrapper(v) and not isinstance(v, paramax.NonTrainable)]
+    if wrappers:
+        raise ValueError(f"init: a warm start needs a flow without paramax.{type(wrappers[0]).__name__} "
+                         f"leaves (the spline flows 'nsf' or 'flowjax_nsf'), got "
+                         f"{init.config.get('density_estimator')!r}")
+    leaves = jax.tree_util.tree_leaves(paramax.unwrap(model))
+    target = jax.tree_util.tree_structure(paramax.unwrap(fresh))
+    if jax.tree_util.tree_structure(paramax.unwrap(model)) != target:
+        raise ValueError("init: its network does not have this NPE's structure; a warm start needs the same "
+                         "architecture")
+    fresh_leaves, treedef = jax.tree_util.tree_flatten(fresh)
+    if len(fresh_leaves) != len(leaves):
+        raise ValueError("init: its network does not have this NPE's structure; a warm start needs the same "
+                         "architecture")
+    for a, b in zip(fresh_leaves, leaves):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(f"init: a weight of shape {np.shape(b)} where this NPE has {np.shape(a)}")
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v, jnp.asarray(a).dtype) if hasattr(a, "dtype")
+                                                  else v for a, v in zip(fresh_leaves, leaves)])
 
 
 def model_from_config(config: dict, dim: int, x_shape: tuple) -> NPEModel:
