@@ -16,8 +16,8 @@ contender, on the held-out pairs:
 
 Contenders (``--contenders``): ``default`` (``bmsbi.NPE()``), ``scale``
 (``NPE(base_calibration="scale")``: the flow's base scale fitted on the validation
-rows after training), ``ensemble5`` (``NPE(ensemble=5)``: the equal-weight mixture of five
-networks trained from different starts) and ``sbi`` (the sbi package's NPE with its defaults on the same
+rows after training), ``ensemble3`` / ``ensemble5`` (``NPE(ensemble=3 or 5)``: the equal-weight mixture of three
+or five networks trained from different starts) and ``sbi`` (the sbi package's NPE with its defaults on the same
 bank, run by ``benchmarks/_sbi_runner.py`` in the sbi interpreter, ``--sbi-python``).
 sbi gets the box prior it supports: ``LogUniform`` parameters enter it as their
 logarithm with a uniform prior (the same prior), so its HPD regions are those of
@@ -47,7 +47,7 @@ import simulators
 from bmsbi import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("default", "scale", "ensemble5", "sbi")
+CONTENDERS = ("default", "scale", "ensemble3", "ensemble5", "sbi")
 DEFAULT_SBI_PYTHON = "/work/sbi-venv/bin/python"
 
 
