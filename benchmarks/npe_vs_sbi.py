@@ -391,6 +391,20 @@ def append_results(text: str) -> None:
         f.write(text + "\n")
 
 
+def report(heading: str, script: str, argv, table: str, notes: list, append: bool) -> None:
+    """Print a run's table and notes; with ``append``, add them to RESULTS.md under ``heading``
+    with the command line (``argv``, or ``sys.argv`` when None) and the environment."""
+    nts = "\n".join(f"- {n}" for n in notes)
+    print(table)
+    print()
+    print(nts)
+    if append:
+        cmd = f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+        env = (f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} CPU cores, "
+               f"Python {platform.python_version()}")
+        append_results(f"\n{heading}\n\n`{cmd.strip()}` ({env}; shared machine)\n\n{table}\n\n{nts}")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=list(bt.SBIBM_TASKS), choices=list(bt.TASKS))

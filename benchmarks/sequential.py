@@ -23,8 +23,6 @@ fit (all rounds, compilation included).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -123,16 +121,7 @@ def main(argv=None):
         f"Acceptance line (mean TSNPE C2ST ≤ mean amortized C2ST): {'met' if met else 'NOT met'} "
         f"({np.mean(tsnpe_c2st):.3f} vs {np.mean(amortized.c2st):.3f}).",
     ]
-    nts = "\n".join(f"- {n}" for n in notes)
-    print(md)
-    print()
-    print(nts)
-    if not args.no_append:
-        cmd = "python benchmarks/sequential.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        env = (f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} CPU cores, "
-               f"Python {platform.python_version()}")
-        npe_vs_sbi.append_results(f"\n{HEADING}\n\n`{cmd.strip()}` ({env}; shared machine)\n\n{md}\n\n{nts}")
-
+    npe_vs_sbi.report(HEADING, "sequential.py", argv, md, notes, not args.no_append)
 
 if __name__ == "__main__":
     main()

@@ -19,8 +19,6 @@ not run again (``--amortized-r``).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -102,16 +100,7 @@ def main(argv=None):
         f"Acceptance half (|FC r − amortized| ≤ 0.01 with ≤ 1/4 of {AMORTIZED_SIMULATIONS} simulations): "
         f"{'met' if met else 'NOT met'} ({r:.3f} vs {ref:.3f}, difference {r - ref:+.3f}, {total} simulations).",
     ]
-    nts = "\n".join(f"- {n}" for n in notes)
-    print(md)
-    print()
-    print(nts)
-    if not args.no_append:
-        cmd = "python benchmarks/sequential_bold.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        env = (f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} CPU cores, "
-               f"Python {platform.python_version()}")
-        npe_vs_sbi.append_results(f"\n{HEADING}\n\n`{cmd.strip()}` ({env}; shared machine)\n\n{md}\n\n{nts}")
-
+    npe_vs_sbi.report(HEADING, "sequential_bold.py", argv, md, notes, not args.no_append)
 
 if __name__ == "__main__":
     main()

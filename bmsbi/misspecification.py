@@ -46,15 +46,14 @@ __all__ = ["MMDTest"]
 _CHUNK = 1024
 
 
-def _kernel_mean(a, b, bandwidth):
-    """``(len(a),)``: mean over ``b`` of the kernel: ``exp(-|a - b|^2 / (2 h^2))`` averaged over
-    the bandwidths ``h`` in ``bandwidth``."""
+def _kernel_mean(a, b, h):
+    """``(len(a),)``: mean over ``b`` of the Gaussian kernel ``exp(-|a - b|^2 / (2 h^2))``."""
     out = np.empty(len(a))
     bb = (b ** 2).sum(axis=1)
     for s in range(0, len(a), _CHUNK):
         q = a[s:s + _CHUNK]
         d2 = np.maximum((q ** 2).sum(axis=1)[:, None] + bb[None] - 2 * q @ b.T, 0.0)
-        out[s:s + _CHUNK] = np.mean([np.exp(-d2 / (2 * h ** 2)).mean(axis=1) for h in bandwidth], axis=0)
+        out[s:s + _CHUNK] = np.exp(-d2 / (2 * h ** 2)).mean(axis=1)
     return out
 
 
@@ -160,8 +159,8 @@ class MMDTest:
             raise ValueError(f"bandwidth: expected finite floats > 0, got {bandwidth!r}")
         # per bandwidth: mean k(Y, Y) over the reference (the statistic's constant term) and
         # mean_j k(p_i, y_j) for every pool row
-        self._kyy = np.array([_kernel_mean(self.reference, self.reference, (h,)).mean() for h in self.bandwidth])
-        self._pool_k = np.stack([_kernel_mean(self.pool, self.reference, (h,)) for h in self.bandwidth])  # (H, c)
+        self._kyy = np.array([_kernel_mean(self.reference, self.reference, h).mean() for h in self.bandwidth])
+        self._pool_k = np.stack([_kernel_mean(self.pool, self.reference, h) for h in self.bandwidth])  # (H, c)
         self._single_null = _Null(1.0 + self._kyy[:, None] - 2.0 * self._pool_k)
         self._nulls = {}
 
@@ -236,12 +235,14 @@ class MMDTest:
     def statistics(self, x) -> np.ndarray:
         """``MMD^2({x_i}, reference)`` ``(m, H)`` of each observation alone, one column per
         bandwidth (``inf`` where not finite)."""
-        z = self.features(x)
+        return self._statistics(self.features(x))
+
+    def _statistics(self, z) -> np.ndarray:
         ok = np.isfinite(z).all(axis=1)
         out = np.full((len(z), len(self.bandwidth)), np.inf)
         if ok.any():
             out[ok] = (1.0 + self._kyy[:, None] - 2.0 * np.stack(
-                [_kernel_mean(z[ok], self.reference, (h,)) for h in self.bandwidth])).T
+                [_kernel_mean(z[ok], self.reference, h) for h in self.bandwidth])).T
         return out
 
     def pvalues(self, x) -> np.ndarray:
@@ -252,10 +253,12 @@ class MMDTest:
 
     def statistic(self, x) -> np.ndarray:
         """``MMD^2(X, reference)`` ``(H,)`` (biased V-statistic, one per bandwidth) of the set ``x``."""
-        z = self.features(x)
+        return self._statistic(self.features(x))
+
+    def _statistic(self, z) -> np.ndarray:
         if not np.isfinite(z).all():
             return np.full(len(self.bandwidth), np.inf)
-        return np.array([_kernel_mean(z, z, (h,)).mean() + kyy - 2.0 * _kernel_mean(z, self.reference, (h,)).mean()
+        return np.array([_kernel_mean(z, z, h).mean() + kyy - 2.0 * _kernel_mean(z, self.reference, h).mean()
                          for h, kyy in zip(self.bandwidth, self._kyy)])
 
     def _null(self, m: int) -> "_Null":
@@ -266,7 +269,7 @@ class MMDTest:
                 rows = rng.choice(len(self.pool), size=min(m, len(self.pool)), replace=False)
                 z = self.pool[rows]
                 for i, h in enumerate(self.bandwidth):
-                    stats[i, b] = _kernel_mean(z, z, (h,)).mean() + self._kyy[i] - 2.0 * self._pool_k[i, rows].mean()
+                    stats[i, b] = _kernel_mean(z, z, h).mean() + self._kyy[i] - 2.0 * self._pool_k[i, rows].mean()
             self._nulls[m] = _Null(stats)
         return self._nulls[m]
 
@@ -276,10 +279,10 @@ class MMDTest:
         The null: ``num_null`` sets of ``m`` held-out simulations (drawn once per ``m``
         and kept). For ``m = 1`` this is :meth:`pvalues` (the whole pool as the null).
         """
-        z = self.features(x)
+        z = self.features(x)  # summarised once (a test with a summary takes raw recordings)
         if len(z) == 1:
-            return float(self.pvalues(x)[0])
-        return float(self._null(len(z)).pvalues(self.statistic(x)[None])[0])
+            return float(self._single_null.pvalues(self._statistics(z))[0])
+        return float(self._null(len(z)).pvalues(self._statistic(z)[None])[0])
 
     def __repr__(self):
         summary = "" if self.summary is None else f", summary={type(self.summary).__name__}"

@@ -807,18 +807,18 @@ class NPE:
         x_std = ((x - stats["x_mean"]) / stats["x_std"]).astype(np.float32)
 
         config = self.config(trials)
-        members, histories = [], []
+        members = []
         for k in range(self.ensemble):  # member 0 uses the key as a single network does
             member_key = key if k == 0 else jax.random.fold_in(key, 1000 + k)
-            model, history = self._fit_network(member_key, config, prior, identity, stats, s_theta, x_std,
-                                               x_shape, trials, len(theta), progress, init, validation_rows)
+            model, member_history = self._fit_network(member_key, config, prior, identity, stats, s_theta, x_std,
+                                                      x_shape, trials, len(theta), progress, init, validation_rows)
             members.append(model)
-            histories.append(history)
+            if k == 0:  # the posterior reports member 0's history
+                history = member_history
             if progress and self.ensemble > 1:
-                print(f"NPE ensemble: member {k + 1} of {self.ensemble} trained ({history.epochs} epochs)",
+                print(f"NPE ensemble: member {k + 1} of {self.ensemble} trained ({member_history.epochs} epochs)",
                       file=sys.stderr, flush=True)
         model = members[0] if self.ensemble == 1 else EnsembleNPEModel.stack(members)
-        history = histories[0]
         stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
         post = DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
                                config=config, history=history,
