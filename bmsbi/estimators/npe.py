@@ -48,7 +48,7 @@ from ..embeddings import Embedding, TrialEmbedding, embedding_from_config
 from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identity_mask, register_model_builder
 from ..xtransform import XTransform, check_x_transform
 
-__all__ = ["NPE", "build_flow", "SplineCouplingStack", "ConditionalAffine",
+__all__ = ["NPE", "build_flow", "SplineCouplingStack", "ConditionalAffine", "LinearMap",
            "linear_gaussian_init", "warm_start_model"]
 
 _ESTIMATORS = ("nsf", "maf", "maf_rqs", "flowjax_nsf")
@@ -58,8 +58,12 @@ _TARGET_STEPS = 5000
 
 def build_flow(density_estimator: str, dim: int, cond_dim: int | None, *, hidden: int,
                num_layers: int, num_bins: int, tail_bound: float, nn_depth: int, key,
-               conditional_affine: bool = False):
+               conditional_affine: bool = False, full_covariance: bool = False):
     """Conditional flowjax flow over ``R^dim`` with a standard-normal base.
+
+    ``full_covariance``: a fixed lower-triangular :class:`LinearMap` follows the flow on
+    the data side (the identity until :func:`linear_gaussian_init` sets it to the
+    Cholesky factor of the least-squares residual covariance).
 
     ``"nsf"``: :class:`SplineCouplingStack` — a conditional affine map, then
     rational-quadratic spline coupling layers on ``[-tail_bound, tail_bound]``
@@ -74,6 +78,11 @@ def build_flow(density_estimator: str, dim: int, cond_dim: int | None, *, hidden
     identity, followed on the data side by a :class:`ConditionalAffine` map (always,
     like ``"nsf"``): the same start as ``"nsf"`` for :func:`linear_gaussian_init`.
     """
+    if full_covariance:
+        flow = build_flow(density_estimator, dim, cond_dim, hidden=hidden, num_layers=num_layers,
+                          num_bins=num_bins, tail_bound=tail_bound, nn_depth=nn_depth, key=key,
+                          conditional_affine=conditional_affine)
+        return Transformed(flow.base_dist, Chain([flow.bijection, LinearMap(np.eye(dim))]))
     base = StandardNormal((dim,))
     if density_estimator == "nsf":
         stack = SplineCouplingStack(dim, cond_dim, num_layers=num_layers, hidden=hidden,
@@ -258,6 +267,39 @@ class ConditionalAffine(AbstractBijection):
         return (y - loc) / scale, -jnp.sum(jnp.log(scale))
 
 
+class LinearMap(AbstractBijection):
+    """Fixed ``y = L x``, ``L`` lower triangular with a positive diagonal (not trained).
+
+    Put on the data side of an NPE flow by ``NPE(linear_init="full")``: with ``L`` the
+    Cholesky factor of the least-squares residual covariance of ``theta`` given ``x``,
+    the flow starts as the full-covariance linear-Gaussian posterior, and the rest of
+    the flow works in coordinates where that posterior is uncorrelated.
+    """
+
+    shape: tuple = eqx.field(static=True)
+    cond_shape: None = eqx.field(static=True)
+    tril: paramax.NonTrainable
+
+    def __init__(self, tril):
+        tril = np.asarray(tril, np.float32)
+        if tril.ndim != 2 or tril.shape[0] != tril.shape[1]:
+            raise ValueError(f"tril: expected a square matrix, got shape {tril.shape}")
+        self.shape = (tril.shape[0],)
+        self.cond_shape = None
+        self.tril = paramax.NonTrainable(jnp.asarray(np.tril(tril)))
+
+    def _log_det(self, tril):
+        return jnp.sum(jnp.log(jnp.abs(jnp.diag(tril))))
+
+    def transform_and_log_det(self, x, condition=None):
+        tril = paramax.unwrap(self.tril)
+        return tril @ x, self._log_det(tril)
+
+    def inverse_and_log_det(self, y, condition=None):
+        tril = paramax.unwrap(self.tril)
+        return jax.scipy.linalg.solve_triangular(tril, y, lower=True), -self._log_det(tril)
+
+
 class SplineCouplingStack(AbstractBijection):
     """``num_layers`` rational-quadratic spline coupling layers, scanned (a flowjax bijection).
 
@@ -381,11 +423,28 @@ def linear_gaussian_init(flow, s_theta, cond, ridge: float = 1e-3):
     overfitting (measured on 10-D Gaussian-linear: ``benchmarks/RESULTS.md``, section
     "Numbers moved out of docstrings").
 
+    With a :class:`LinearMap` on the data side (``build_flow(full_covariance=True)``) it
+    is set to the Cholesky factor ``L`` of the residuals' covariance and the affine map
+    is fitted to ``L^-1 s_theta``: the flow then starts as ``N(A x + b, L L^T)``, the
+    least-squares posterior with its correlations.
+
     ``flow``: from :func:`build_flow` (``"nsf"``, ``"flowjax_nsf"``, or ``"maf"`` with
     the affine map); other flows are returned unchanged. ``s_theta``: ``(n, dim)``;
     ``cond``: ``(n, cond_dim)``.
     """
     bij = flow.bijection
+    if isinstance(bij, Chain) and isinstance(bij.bijections[-1], LinearMap):
+        s = np.asarray(s_theta, np.float64)
+        c = np.asarray(cond, np.float64).reshape(len(s), -1)
+        design = np.concatenate([c, np.ones((len(s), 1))], axis=1)
+        gram = design.T @ design + ridge * len(s) * np.diag(np.r_[np.ones(c.shape[1]), 0.0])
+        residual = s - design @ np.linalg.solve(gram, design.T @ s)
+        cov = residual.T @ residual / len(s) + 1e-9 * np.eye(s.shape[1])
+        tril = np.linalg.cholesky(cov)
+        inner = bij.bijections[:-1]
+        inner = Transformed(flow.base_dist, inner[0] if len(inner) == 1 else Chain(inner))
+        inner = linear_gaussian_init(inner, np.linalg.solve(tril, s.T).T, c, ridge)
+        return Transformed(flow.base_dist, Chain([inner.bijection, LinearMap(tril)]))
     if isinstance(bij, SplineCouplingStack):
         where = lambda f: f.bijection  # noqa: E731
     elif isinstance(bij, Chain) and isinstance(bij.bijections[-1], ConditionalAffine):
@@ -556,9 +615,16 @@ class NPE:
     ema_decay : float or None, default 0.995
         Validate and keep a moving average of the weights (Polyak averaging,
         :func:`bmsbi.engine.fit`); ``None`` keeps the raw weights of the best epoch.
-    linear_init : bool, default True
+    linear_init : bool or "full", default True
         Start the conditional affine map at the least-squares linear-Gaussian posterior
         (:func:`linear_gaussian_init`; without an embedding, for ``"nsf"`` and ``"maf"``).
+        That start has a diagonal covariance. ``"full"`` adds a fixed lower-triangular
+        map on the data side (:class:`LinearMap`) set to the Cholesky factor of the
+        least-squares residual covariance, so the flow starts from the posterior's
+        linear correlations instead of having to learn them; meant for strongly
+        correlated posteriors (a correlated prior, parameters that trade off). Measured
+        on a 10-D problem with a correlated Gaussian prior in ``benchmarks/RESULTS.md``,
+        section "Joint priors".
     theta_space : {"auto", "unconstrained"}, default "auto"
         Coordinates of ``theta`` the flow models (z-scored). ``"unconstrained"``: every
         parameter through the prior's bijection to the real line (a logit for a
@@ -665,7 +731,7 @@ class NPE:
     validation_fraction: float = 0.1
     clip_norm: float | None = 5.0
     weight_decay: float = 0.0
-    linear_init: bool = True
+    linear_init: bool | str = True
     theta_space: str = "auto"
     ema_decay: float | None = 0.995
     truncation_fraction: float = 0.25
@@ -690,6 +756,8 @@ class NPE:
             raise ValueError(
                 "embedding: expected a bmsbi.embeddings.Embedding (e.g. CNN1DEmbedding(...)), "
                 f"got {type(self.embedding).__name__}")
+        if not (isinstance(self.linear_init, (bool, np.bool_)) or self.linear_init == "full"):
+            raise ValueError(f"linear_init: expected True, False or 'full', got {self.linear_init!r}")
         if self.theta_space not in THETA_SPACES:
             raise ValueError(f"theta_space: expected one of {THETA_SPACES}, got {self.theta_space!r}")
         f = self.truncation_fraction
@@ -730,6 +798,7 @@ class NPE:
                 "theta_space": self.theta_space,
                 "embedding": None if self.embedding is None else self.embedding.config(),
                 **({"conditional_affine": True} if family == "maf" else {}),
+                **({"full_covariance": True} if self.linear_init == "full" else {}),
                 **({"ensemble": int(self.ensemble)} if self.ensemble > 1 else {})}
 
     def training_config(self) -> dict:
@@ -839,7 +908,7 @@ class NPE:
         flow = build_flow(config["density_estimator"], prior.unconstrained_dim, cond_dim, hidden=self.hidden,
                           num_layers=self.num_layers, num_bins=self.num_bins,
                           tail_bound=self.tail_bound, nn_depth=self.nn_depth, key=k_flow,
-                          conditional_affine=True)
+                          conditional_affine=True, full_covariance=bool(config.get("full_covariance")))
         model = NPEModel(flow, embedding)
         if init is not None:
             model = warm_start_model(model, init)
@@ -1091,7 +1160,8 @@ def model_from_config(config: dict, dim: int, x_shape: tuple) -> NPEModel:
                       num_layers=config["num_layers"], num_bins=config["num_bins"],
                       tail_bound=config["tail_bound"], nn_depth=config["nn_depth"],
                       key=_fixed_key(),
-                      conditional_affine=bool(config.get("conditional_affine", False)))
+                      conditional_affine=bool(config.get("conditional_affine", False)),
+                      full_covariance=bool(config.get("full_covariance", False)))
     model = NPEModel(flow, embedding)
     if config.get("base_scale") is not None:
         model = with_base_scale(model, config["base_scale"])
