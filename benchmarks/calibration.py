@@ -17,7 +17,9 @@ contender, on the held-out pairs:
 Contenders (``--contenders``): ``default`` (``bmsbi.NPE()``), ``scale``
 (``NPE(base_calibration="scale")``: the flow's base scale fitted on the validation
 rows after training), ``ensemble3`` / ``ensemble5`` (``NPE(ensemble=3 or 5)``: the equal-weight mixture of three
-or five networks trained from different starts) and ``sbi`` (the sbi package's NPE with its defaults on the same
+or five networks trained from different starts), ``ensemble3_scale`` / ``ensemble5_scale``
+(the same with ``base_calibration="scale"``: one base scale shared by the members, fitted on
+validation rows none of them trained on) and ``sbi`` (the sbi package's NPE with its defaults on the same
 bank, run by ``benchmarks/_sbi_runner.py`` in the sbi interpreter, ``--sbi-python``).
 sbi gets the box prior it supports: ``LogUniform`` parameters enter it as their
 logarithm with a uniform prior (the same prior), so its HPD regions are those of
@@ -47,7 +49,7 @@ import simulators
 from bmsbi import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("default", "scale", "ensemble3", "ensemble5", "sbi")
+CONTENDERS = ("default", "scale", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale", "sbi")
 DEFAULT_SBI_PYTHON = "/work/sbi-venv/bin/python"
 
 
@@ -112,7 +114,8 @@ def npe_for(contender: str) -> bmsbi.NPE:
     if contender == "scale":
         return bmsbi.NPE(base_calibration="scale")
     if contender.startswith("ensemble"):
-        return bmsbi.NPE(ensemble=int(contender[len("ensemble"):]))
+        size, _, scaled = contender[len("ensemble"):].partition("_")
+        return bmsbi.NPE(ensemble=int(size), base_calibration="scale" if scaled else "auto")
     raise ValueError(f"contender: expected one of {CONTENDERS}, got {contender!r}")
 
 

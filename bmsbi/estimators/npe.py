@@ -49,7 +49,7 @@ from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identit
 from ..xtransform import XTransform, check_x_transform
 
 __all__ = ["NPE", "build_flow", "SplineCouplingStack", "ConditionalAffine", "LinearMap",
-           "linear_gaussian_init", "warm_start_model"]
+           "linear_gaussian_init", "warm_start_model", "fitted_mixture_scale"]
 
 _ESTIMATORS = ("nsf", "maf", "maf_rqs", "flowjax_nsf")
 # Optimiser steps that max_epochs=None aims for (measured on two-moons, see NPE).
@@ -675,7 +675,11 @@ class NPE:
         undo the widening the noise is for), else ``"none"``. Why it is the default — HPD coverage,
         SBC and held-out log score on the shipped tasks against ``"none"`` and the
         ``sbi`` package — is measured in ``benchmarks/RESULTS.md``, section
-        "Calibration study". With ``ensemble > 1``, ``"auto"`` is ``"none"``.
+        "Calibration study". With ``ensemble > 1``, ``"auto"`` is ``"none"``, and
+        ``"scale"`` holds one set of validation rows out of every member's training and
+        fits one scale shared by the members by maximum likelihood of their mixture on
+        those rows (:func:`fitted_mixture_scale`): the ensemble's width set by held-out
+        data instead of by its members' spread alone.
     ensemble : int, default 1
         Train this many networks on the same bank from different random starts (and
         minibatch orders; the compiled training epoch is reused) and use their
@@ -772,9 +776,6 @@ class NPE:
         if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, (int, np.integer)) \
                 or not 1 <= self.ensemble <= 100:
             raise ValueError(f"ensemble: expected an int in [1, 100], got {self.ensemble!r}")
-        if self.ensemble > 1 and self.base_calibration == "scale":
-            raise ValueError("base_calibration: 'scale' calibrates one network; an ensemble (ensemble="
-                             f"{self.ensemble}) is widened by its members' spread instead: use 'auto' or 'none'")
         if self.base_calibration == "scale" and not self.validation_fraction > 0:
             raise ValueError(f"base_calibration: {self.base_calibration!r} fits on the validation rows and "
                              f"needs validation_fraction > 0, got {self.validation_fraction!r}")
@@ -877,6 +878,10 @@ class NPE:
 
         config = self.config(trials)
         members = []
+        shared_scale = self.ensemble > 1 and self.base_calibration == "scale"
+        if shared_scale and validation_rows is None:  # one held-out set for every member
+            n_val = int(round(self.validation_fraction * len(theta)))
+            validation_rows = np.asarray(jax.random.permutation(jax.random.fold_in(key, 999), len(theta)))[:n_val]
         for k in range(self.ensemble):  # member 0 uses the key as a single network does
             member_key = key if k == 0 else jax.random.fold_in(key, 1000 + k)
             model, member_history = self._fit_network(member_key, config, prior, identity, stats, s_theta, x_std,
@@ -887,6 +892,11 @@ class NPE:
             if progress and self.ensemble > 1:
                 print(f"NPE ensemble: member {k + 1} of {self.ensemble} trained ({member_history.epochs} epochs)",
                       file=sys.stderr, flush=True)
+        if shared_scale:
+            rows = _check_validation_rows(validation_rows, len(theta))
+            scale = fitted_mixture_scale(members, s_theta[rows], x_std[rows])
+            members = [with_base_scale(m, scale) for m in members]
+            config["base_scale"] = [float(v) for v in scale]
         model = members[0] if self.ensemble == 1 else EnsembleNPEModel.stack(members)
         stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
         post = DirectPosterior(model, prior=prior, x_shape=x_shape, stats=stats,
@@ -940,8 +950,8 @@ class NPE:
         # "auto" leaves alone what the clean validation rows cannot judge: a posterior for
         # noisier observations (summary_noise) or for 1..K trials; an ensemble is widened
         # by its members' spread.
-        calibrate = self.base_calibration == "scale" or (
-            self.base_calibration == "auto" and not trials and not self.summary_noise > 0 and self.ensemble == 1)
+        calibrate = self.ensemble == 1 and (self.base_calibration == "scale" or (
+            self.base_calibration == "auto" and not trials and not self.summary_noise > 0))
         if calibrate and val_rows is not None:
             scale = fitted_base_scale(model, s_theta[val_rows], x_std[val_rows])
             model = with_base_scale(model, scale)
@@ -1079,6 +1089,56 @@ def fitted_base_scale(model: NPEModel, s_theta, x_std) -> np.ndarray:
     """
     u = _latents(model, jnp.asarray(s_theta), jnp.asarray(x_std))
     return np.sqrt(np.mean(np.square(np.asarray(u, np.float64)), axis=0))
+
+
+def fitted_mixture_scale(members, s_theta, x_std, *, bounds=(0.25, 4.0), sweeps: int = 3) -> np.ndarray:
+    """Maximum-likelihood base scale ``(d,)`` shared by an ensemble's members, on held-out pairs.
+
+    The mixture's density with every member's base ``N(0, diag(tau**2))`` is
+    ``(1/K) sum_k N(u_k / tau; 0, I) / prod(tau) |det J_k|``, ``u_k`` member ``k``'s
+    latent; its held-out log-likelihood is maximised over ``log tau`` coordinate by
+    coordinate (golden-section search in ``bounds``, ``sweeps`` passes). With one member
+    it is :func:`fitted_base_scale`'s closed form up to the search's tolerance.
+    """
+    lat = [_latents_and_log_det(m, jnp.asarray(s_theta), jnp.asarray(x_std)) for m in members]
+    u = np.stack([np.asarray(a, np.float64) for a, _ in lat], axis=1)      # (n, K, d)
+    ld = np.stack([np.asarray(b, np.float64) for _, b in lat], axis=1)     # (n, K)
+    log_tau = np.zeros(u.shape[-1])
+
+    def score(lt):
+        terms = ld + np.sum(-0.5 * u ** 2 * np.exp(-2 * lt) - lt, axis=-1)
+        top = terms.max(axis=1, keepdims=True)
+        return float(np.mean(top[:, 0] + np.log(np.mean(np.exp(terms - top), axis=1))))
+
+    lo0, hi0 = np.log(bounds[0]), np.log(bounds[1])
+    golden = (math.sqrt(5) - 1) / 2
+    for _ in range(sweeps):
+        for j in range(len(log_tau)):
+            def at(v):
+                trial = log_tau.copy()
+                trial[j] = v
+                return score(trial)
+            lo, hi = lo0, hi0
+            c, d = hi - golden * (hi - lo), lo + golden * (hi - lo)
+            fc, fd = at(c), at(d)
+            for _ in range(40):
+                if fc > fd:
+                    hi, d, fd = d, c, fc
+                    c = hi - golden * (hi - lo)
+                    fc = at(c)
+                else:
+                    lo, c, fc = c, d, fd
+                    d = lo + golden * (hi - lo)
+                    fd = at(d)
+            log_tau[j] = (lo + hi) / 2
+    return np.exp(log_tau)
+
+
+@eqx.filter_jit
+def _latents_and_log_det(model, s_theta, x_std):
+    model = paramax.unwrap(model)
+    cond = jax.vmap(model.condition)(x_std)
+    return jax.vmap(model.flow.bijection.inverse_and_log_det)(s_theta, cond)
 
 
 @eqx.filter_jit  # the model is an argument: one compilation for every model of this shape
