@@ -7,7 +7,7 @@ amortized 10k C2ST (mean over 5 observations)".
   of ``--amortized-budget`` simulations from the prior, ``bmsbi.NPE()`` defaults, the
   same bank seed, observations, reference seeds and C2ST as there);
 * ``tsnpe``: ``bmsbi.SequentialNPE(rounds, simulations_per_round)`` with ``bmsbi.NPE()``
-  defaults (``--epsilon``; ``--warm-start``: each round continues from the previous
+  defaults or ``--npe-options`` (``--epsilon``; ``--warm-start``: each round continues from the previous
   round's network), one run per observation (key ``seed + 1`` folded with the observation index),
   simulating with the task's JAX simulator (``benchmarks/tasks.py``).
 
@@ -23,6 +23,7 @@ fit (all rounds, compilation included).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -47,7 +48,8 @@ def run_tsnpe(task, x_obs, refs, args):
     rows = []
     for i, (xo, ref) in enumerate(zip(x_obs, refs)):
         seq = bmsbi.SequentialNPE(rounds=args.rounds, simulations_per_round=args.simulations_per_round,
-                                  epsilon=args.epsilon, warm_start=args.warm_start)
+                                  epsilon=args.epsilon, warm_start=args.warm_start,
+                                  npe=bmsbi.NPE(**json.loads(args.npe_options)))
         key = jax.random.fold_in(jax.random.key(args.seed + 1), i)
         t0 = time.perf_counter()
         post = seq.fit(task.simulate, prior, xo.astype(np.float32), key=key, progress=False)
@@ -75,6 +77,8 @@ def main(argv=None):
     p.add_argument("--epsilon", type=float, default=1e-4)
     p.add_argument("--warm-start", action="store_true",
                    help="continue each round from the previous round's network (SequentialNPE(warm_start=True))")
+    p.add_argument("--npe-options", default="{}",
+                   help='settings of every round\'s bmsbi.NPE as JSON, e.g. \'{"ensemble": 3}\' (default: its defaults)')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
@@ -104,7 +108,8 @@ def main(argv=None):
         f"| {np.mean(amortized.c2st):.3f} ± {np.std(amortized.c2st):.3f} | {np.mean(amortized.mean_err):.3f} "
         f"| {amortized.fit_s:.1f} (once) |",
         f"| TSNPE {args.rounds} × {args.simulations_per_round}, "
-        f"{'warm start' if args.warm_start else 'from scratch'}, ε = {args.epsilon:g} | {total} per obs. "
+        f"{'warm start' if args.warm_start else 'from scratch'}, ε = {args.epsilon:g}"
+        f"{'' if args.npe_options == '{}' else ', NPE ' + args.npe_options} | {total} per obs. "
         f"| {', '.join(f'{c:.3f}' for c in tsnpe_c2st)} | {np.mean(tsnpe_c2st):.3f} ± {np.std(tsnpe_c2st):.3f} "
         f"| {np.mean([r['mean_err'] for r in rows]):.3f} | {np.mean([r['fit_s'] for r in rows]):.1f} |",
     ]
