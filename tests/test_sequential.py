@@ -52,6 +52,8 @@ def fast_run():
 
 def test_two_rounds_recover_the_analytic_posterior(fast_run):
     seq, post, _, _, x_obs = fast_run
+    assert seq.npe.ensemble == 3 and post.config["ensemble"] == 3   # the default: three networks per round
+    assert bmsbi.SequentialNPE(warm_start=True).npe.ensemble == 1
     mean_err, sd_ratio = _moment_errors(post, x_obs)
     assert np.all(mean_err < 0.2), mean_err
     assert np.all(np.abs(sd_ratio - 1) < 0.2), sd_ratio
@@ -108,6 +110,7 @@ def test_the_posterior_saves_and_loads_with_its_rounds(fast_run, tmp_path):
     (dict(warm_start=1), "warm_start: expected a bool, got 1"),
     (dict(npe=bmsbi.NPE(density_estimator="maf"), warm_start=True),
      r"warm_start: needs a spline flow .* pass warm_start=False"),
+    (dict(npe=bmsbi.NPE(ensemble=3), warm_start=True), r"warm_start: continues one network, got npe with ensemble=3"),
 ])
 def test_bad_settings_name_the_argument(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
