@@ -433,17 +433,14 @@ def linear_gaussian_init(flow, s_theta, cond, ridge: float = 1e-3):
     ``cond``: ``(n, cond_dim)``.
     """
     bij = flow.bijection
+    s_theta = np.asarray(s_theta, np.float64)
+    cond = np.asarray(cond, np.float64).reshape(len(s_theta), -1)
     if isinstance(bij, Chain) and isinstance(bij.bijections[-1], LinearMap):
-        s = np.asarray(s_theta, np.float64)
-        c = np.asarray(cond, np.float64).reshape(len(s), -1)
-        design = np.concatenate([c, np.ones((len(s), 1))], axis=1)
-        gram = design.T @ design + ridge * len(s) * np.diag(np.r_[np.ones(c.shape[1]), 0.0])
-        residual = s - design @ np.linalg.solve(gram, design.T @ s)
-        cov = residual.T @ residual / len(s) + 1e-9 * np.eye(s.shape[1])
-        tril = np.linalg.cholesky(cov)
+        _, residual = _least_squares(s_theta, cond, ridge)
+        tril = np.linalg.cholesky(residual.T @ residual / len(s_theta) + 1e-9 * np.eye(s_theta.shape[1]))
         inner = bij.bijections[:-1]
         inner = Transformed(flow.base_dist, inner[0] if len(inner) == 1 else Chain(inner))
-        inner = linear_gaussian_init(inner, np.linalg.solve(tril, s.T).T, c, ridge)
+        inner = linear_gaussian_init(inner, np.linalg.solve(tril, s_theta.T).T, cond, ridge)
         return Transformed(flow.base_dist, Chain([inner.bijection, LinearMap(tril)]))
     if isinstance(bij, SplineCouplingStack):
         where = lambda f: f.bijection  # noqa: E731
@@ -452,15 +449,11 @@ def linear_gaussian_init(flow, s_theta, cond, ridge: float = 1e-3):
     else:
         return flow
     holder = where(flow)
-    s_theta = np.asarray(s_theta, np.float64)
-    cond = np.asarray(cond, np.float64).reshape(len(s_theta), -1)
-    n, dim = s_theta.shape
+    dim = s_theta.shape[1]
     if holder.affine_linear.shape[0] != cond.shape[1]:
         return flow
-    design = np.concatenate([cond, np.ones((n, 1))], axis=1)
-    gram = design.T @ design + ridge * n * np.diag(np.r_[np.ones(cond.shape[1]), 0.0])
-    coef = np.linalg.solve(gram, design.T @ s_theta)            # (cond_dim + 1, dim)
-    sd = np.std(s_theta - design @ coef, axis=0)
+    coef, residual = _least_squares(s_theta, cond, ridge)
+    sd = np.std(residual, axis=0)
     linear = np.zeros(holder.affine_linear.shape)
     linear[:, :dim] = coef[:-1]
     w_last, b_last = holder.affine[-1]
@@ -470,6 +463,15 @@ def linear_gaussian_init(flow, s_theta, cond, ridge: float = 1e-3):
     new_affine = list(holder.affine[:-1]) + [(w_last, jnp.asarray(bias, jnp.float32))]
     return eqx.tree_at(lambda f: (where(f).affine, where(f).affine_linear), flow,
                        (new_affine, jnp.asarray(linear, jnp.float32)))
+
+
+def _least_squares(s_theta, cond, ridge):
+    """Ridge fit ``s_theta ≈ [cond, 1] coef`` (penalty ``ridge * n``, intercept free): ``(coef, residual)``."""
+    n = len(s_theta)
+    design = np.concatenate([cond, np.ones((n, 1))], axis=1)
+    gram = design.T @ design + ridge * n * np.diag(np.r_[np.ones(cond.shape[1]), 0.0])
+    coef = np.linalg.solve(gram, design.T @ s_theta)            # (cond_dim + 1, dim)
+    return coef, s_theta - design @ coef
 
 
 class NPEModel(eqx.Module):
@@ -1087,65 +1089,41 @@ def fitted_base_scale(model: NPEModel, s_theta, x_std) -> np.ndarray:
     pair is the flow's inverse, and ``sqrt(mean(u**2))`` per coordinate maximises the
     held-out likelihood of a base ``N(0, diag(scale**2))`` (the bijection unchanged).
     """
-    u = _latents(model, jnp.asarray(s_theta), jnp.asarray(x_std))
+    u, _ = _latents(model, jnp.asarray(s_theta), jnp.asarray(x_std))
     return np.sqrt(np.mean(np.square(np.asarray(u, np.float64)), axis=0))
 
 
-def fitted_mixture_scale(members, s_theta, x_std, *, bounds=(0.25, 4.0), sweeps: int = 3) -> np.ndarray:
+def fitted_mixture_scale(members, s_theta, x_std, *, max_iter: int = 500, tol: float = 1e-10) -> np.ndarray:
     """Maximum-likelihood base scale ``(d,)`` shared by an ensemble's members, on held-out pairs.
 
     The mixture's density with every member's base ``N(0, diag(tau**2))`` is
     ``(1/K) sum_k N(u_k / tau; 0, I) / prod(tau) |det J_k|``, ``u_k`` member ``k``'s
-    latent; its held-out log-likelihood is maximised over ``log tau`` coordinate by
-    coordinate (golden-section search in ``bounds``, ``sweeps`` passes). With one member
-    it is :func:`fitted_base_scale`'s closed form up to the search's tolerance.
+    latent. Maximised by EM: with ``r_ik`` the members' responsibilities for pair ``i``
+    under the current ``tau``, ``tau_j^2 = mean_i sum_k r_ik u_ikj^2``, until the relative
+    change is below ``tol``. With one member it is :func:`fitted_base_scale`'s closed form.
     """
-    lat = [_latents_and_log_det(m, jnp.asarray(s_theta), jnp.asarray(x_std)) for m in members]
-    u = np.stack([np.asarray(a, np.float64) for a, _ in lat], axis=1)      # (n, K, d)
-    ld = np.stack([np.asarray(b, np.float64) for _, b in lat], axis=1)     # (n, K)
-    log_tau = np.zeros(u.shape[-1])
-
-    def score(lt):
-        terms = ld + np.sum(-0.5 * u ** 2 * np.exp(-2 * lt) - lt, axis=-1)
-        top = terms.max(axis=1, keepdims=True)
-        return float(np.mean(top[:, 0] + np.log(np.mean(np.exp(terms - top), axis=1))))
-
-    lo0, hi0 = np.log(bounds[0]), np.log(bounds[1])
-    golden = (math.sqrt(5) - 1) / 2
-    for _ in range(sweeps):
-        for j in range(len(log_tau)):
-            def at(v):
-                trial = log_tau.copy()
-                trial[j] = v
-                return score(trial)
-            lo, hi = lo0, hi0
-            c, d = hi - golden * (hi - lo), lo + golden * (hi - lo)
-            fc, fd = at(c), at(d)
-            for _ in range(40):
-                if fc > fd:
-                    hi, d, fd = d, c, fc
-                    c = hi - golden * (hi - lo)
-                    fc = at(c)
-                else:
-                    lo, c, fc = c, d, fd
-                    d = lo + golden * (hi - lo)
-                    fd = at(d)
-            log_tau[j] = (lo + hi) / 2
-    return np.exp(log_tau)
-
-
-@eqx.filter_jit
-def _latents_and_log_det(model, s_theta, x_std):
-    model = paramax.unwrap(model)
-    cond = jax.vmap(model.condition)(x_std)
-    return jax.vmap(model.flow.bijection.inverse_and_log_det)(s_theta, cond)
+    lat = [_latents(m, jnp.asarray(s_theta), jnp.asarray(x_std)) for m in members]
+    u2 = np.stack([np.square(np.asarray(a, np.float64)) for a, _ in lat], axis=1)   # (n, K, d)
+    ld = np.stack([np.asarray(b, np.float64) for _, b in lat], axis=1)              # (n, K)
+    tau2 = np.ones(u2.shape[-1])
+    for _ in range(max_iter):
+        terms = ld - 0.5 * np.sum(u2 / tau2 + np.log(tau2), axis=-1)
+        resp = np.exp(terms - terms.max(axis=1, keepdims=True))
+        resp /= resp.sum(axis=1, keepdims=True)
+        new = np.mean(np.sum(resp[..., None] * u2, axis=1), axis=0)
+        done = np.max(np.abs(new / tau2 - 1)) < tol
+        tau2 = new
+        if done:
+            break
+    return np.sqrt(tau2)
 
 
 @eqx.filter_jit  # the model is an argument: one compilation for every model of this shape
 def _latents(model, s_theta, x_std):
+    """Latents ``u`` ``(n, d)`` of standardised pairs and ``log|du/dtheta|`` ``(n,)``."""
     model = paramax.unwrap(model)
     cond = jax.vmap(model.condition)(x_std)
-    return jax.vmap(model.flow.bijection.inverse)(s_theta, cond)
+    return jax.vmap(model.flow.bijection.inverse_and_log_det)(s_theta, cond)
 
 
 def with_base_scale(model: NPEModel, scale) -> NPEModel:
