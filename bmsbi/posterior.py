@@ -43,7 +43,7 @@ import paramax
 from . import io as bio
 from ._checks import as_key, available_memory, check_positive_int, format_bytes, real_array
 from .arviz_export import to_inference_data
-from .cache import enable_compilation_cache
+from .cache import enable_compilation_cache, exported_function
 from .engine import History
 from .inference import Inference, OutOfDistributionWarning, ood_message
 from .observations import finite_rows, observations, ood_scores, prepare, raw_observations
@@ -164,10 +164,7 @@ class Posterior:
                  training: dict | None = None, x_transform: XTransform | None = None):
         self.prior = as_prior(prior)
         self.x_shape = tuple(int(s) for s in x_shape)
-        if x_transform is not None and (not isinstance(x_transform, XTransform)
-                                        or x_transform.x_shape != self.x_shape):
-            raise ValueError(f"x_transform: expected a bmsbi.xtransform.XTransform for x_shape "
-                             f"{self.x_shape}, got {x_transform!r}")
+        self._jit = {}
         self.x_transform = XTransform.identity(self.x_shape) if x_transform is None else x_transform
         self.config = dict(config)
         self.history = history
@@ -177,7 +174,19 @@ class Posterior:
         self.recording_fs = None
         self.recording_channels = None
         self.ood = None
-        self._jit = {}
+
+    @property
+    def x_transform(self) -> XTransform:
+        """The observation transform (which features the network sees in log space)."""
+        return self._x_transform
+
+    @x_transform.setter
+    def x_transform(self, value: XTransform) -> None:
+        if not isinstance(value, XTransform) or value.x_shape != self.x_shape:
+            raise ValueError(f"x_transform: expected a bmsbi.xtransform.XTransform for x_shape "
+                             f"{self.x_shape}, got {value!r}")
+        self._x_transform = value
+        self._jit = {}  # the compiled functions read the transform: trace them again
 
     def attach_training_data(self, x, *, summary=None, recording_shape=None, meta=None, seed: int = 0):
         """Record how observations are made and an out-of-distribution reference.
@@ -291,6 +300,26 @@ class Posterior:
         return (f"{type(self).__name__}(names={self.names}, x_shape={self.x_shape}, "
                 f"estimator={self.config.get('estimator')}/{self.config.get('density_estimator')})")
 
+    def _trace_identity(self):
+        """Everything the sampler's trace reads besides its arguments, as JSON-able data, or ``None``.
+
+        A subclass that returns it has its sampler kept as an exported program in the
+        compilation cache (:func:`bmsbi.cache.exported_function`), so a new process skips
+        tracing it; ``None`` (the default) keeps a plain ``jax.jit``.
+        """
+        return None
+
+    def _sampled(self, key, x, num_samples: int):
+        """``_sample_batch`` for checked observations ``x``: exported program when cached, else jit."""
+        args = (self._params(), key, jnp.asarray(x))
+        identity = self._trace_identity()
+        if identity is not None:
+            run = exported_function("sampler", lambda p, k, xs: self._sample_batch(p, k, xs, num_samples), args,
+                                    {"posterior": identity, "num_samples": num_samples})
+            if run is not None:
+                return run(*args)
+        return self._compiled("sample")(*args, num_samples)
+
     def _compiled(self, name):
         if name not in self._jit:
             if name == "sample":
@@ -336,7 +365,7 @@ class Posterior:
         num_samples = check_positive_int(num_samples, "num_samples")
         x, batched = observations(self, x_obs, warn_ood=True, long=long)
         self._check_budget(len(x), num_samples)
-        out = self._compiled("sample")(self._params(), key, jnp.asarray(x), num_samples)
+        out = self._sampled(key, x, num_samples)
         self._check_draws(out, num_samples)
         return out if batched else out[0]
 
@@ -473,7 +502,7 @@ class Posterior:
         flagged = ~finite | (score > 1.0)
         samples = np.full((len(x), num_samples, self.dim), np.nan, np.float32)
         if finite.any():
-            got = self._compiled("sample")(self._params(), key, jnp.asarray(x[finite]), num_samples)
+            got = self._sampled(key, x[finite], num_samples)
             self._check_draws(got, num_samples)
             samples[finite] = np.asarray(got)
         if flagged.any():
@@ -704,6 +733,21 @@ class DirectPosterior(Posterior):
 
     def _params(self):
         return (self._arrays, {k: jnp.asarray(v) for k, v in self.stats.items()})
+
+    def _trace_identity(self):
+        def described(leaf):  # functions by name: their repr holds a per-process address
+            if callable(leaf):
+                return f"{getattr(leaf, '__module__', '')}.{getattr(leaf, '__qualname__', type(leaf).__name__)}"
+            return repr(leaf)
+
+        try:
+            prior = self.prior.to_dict()
+        except ValueError:  # a prior bmsbi cannot describe: no exported program, plain jit
+            return None
+        return {"class": type(self).__name__, "prior": prior, "config": self.config,
+                "x_shape": list(self.x_shape), "x_transform": self.x_transform.to_dict(),
+                "identity": self._identity.tolist(), "network": str(jax.tree_util.tree_structure(self._rest)),
+                "static": [described(v) for v in jax.tree_util.tree_leaves(self._rest)]}
 
     def _unpack(self, params, x):
         arrays, stats = params

@@ -124,12 +124,63 @@ def test_two_infer_runs_share_one_cache_folder(tmp_path):
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     cmd = [sys.executable, "-m", "bmsbi.cli", "infer", str(tmp_path / "post.bmsbi"), str(tmp_path / "rec.npy"),
            "--num-samples", "50"]
-    runs, entries = [], []
+    runs, entries, exported = [], [], []
     for _ in range(2):
         done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
         runs.append(done.stdout)
         entries.append(sorted(p.name for p in cache.iterdir()))
+        exported.append(sorted(p.name for p in (cache / "exported").iterdir()))
     assert entries[0], "the first run wrote no cache entries"
     assert entries[1] == entries[0], "the second run compiled programs the first had cached"
+    assert len(exported[0]) == 1 and exported[0][0].startswith("sampler-"), exported[0]
+    assert exported[1] == exported[0], "the second run exported the sampler again instead of reading it"
     assert runs[1] == runs[0] and "rec.npy" in runs[0]
+    off = subprocess.run(cmd, env=dict(env, **{ENV_VAR: "0"}), cwd=root, capture_output=True, text=True,
+                         timeout=600)
+    assert off.returncode == 0, off.stderr
+    assert off.stdout == runs[0], "the exported sampler's table differs from the plain jit's"
+
+
+def test_exported_sampler_gives_the_jit_draws_and_is_keyed_by_what_its_trace_reads(jax_settings, tmp_path):
+    from bmsbi import cache as bcache
+    from bmsbi.xtransform import XTransform
+
+    task = simulators.get("hopf_node")
+    bank = task.bank(200, jax.random.key(0), progress=False)
+    post = bmsbi.NPE(hidden=8, num_layers=1, max_epochs=2).fit(bank, prior=task.prior, key=jax.random.key(1),
+                                                               progress=False)
+    x = np.asarray(bank.x[:3])
+    plain = np.asarray(post.sample(jax.random.key(5), x, 64))  # no bmsbi cache folder yet: plain jit
+    assert bmsbi.enable_compilation_cache(tmp_path / "c") == tmp_path / "c"
+    folder = tmp_path / "c" / "exported"
+    first = np.asarray(post.sample(jax.random.key(5), x, 64))
+    files = sorted(folder.iterdir())
+    assert len(files) == 1 and np.array_equal(first, plain)
+    bcache._exported.clear()  # as a new process: the program is read from its file
+    again = bmsbi.load_posterior(_saved(post, tmp_path))
+    assert np.array_equal(np.asarray(again.sample(jax.random.key(5), x, 64)), plain)
+    assert sorted(folder.iterdir()) == files, "a loaded copy of the same posterior exported again"
+    post.sample(jax.random.key(5), x, 32)  # another num_samples: another program
+    post.sample(jax.random.key(5), x[:1], 64)  # another batch shape: another program
+    assert len(list(folder.iterdir())) == 3
+    # the observation transform is read by the trace: a new one must not reuse the old program
+    size = int(np.prod(post.x_shape))
+    post.x_transform = XTransform((True,) + (False,) * (size - 1), post.x_shape, "mask")
+    logged = np.asarray(post.sample(jax.random.key(5), np.abs(x) + 1.0, 64))
+    assert len(list(folder.iterdir())) == 4
+    bcache._exported.clear()
+    post_jit = np.asarray(post._compiled("sample")(post._params(), jax.random.key(5),
+                                                   jax.numpy.asarray(np.abs(x) + 1.0), 64))
+    assert np.array_equal(logged, post_jit)
+    # a damaged file is exported again, not trusted
+    for f in folder.iterdir():
+        f.write_bytes(b"not a program")
+    bcache._exported.clear()
+    assert np.array_equal(np.asarray(post.sample(jax.random.key(5), np.abs(x) + 1.0, 64)), post_jit)
+
+
+def _saved(post, folder):
+    path = folder / "p.bmsbi"
+    post.save(path)
+    return path
