@@ -571,6 +571,25 @@ class Posterior:
     def _check_draws(self, out, num_samples):
         """Hook after sampling (``out``: ``(m, num_samples, d)``), e.g. to warn; no-op here."""
 
+    def clipped(self, theta) -> np.ndarray:
+        """Which draws of this posterior were clipped to the prior's box, shape ``theta.shape[:-1]``.
+
+        When too few of a flow's draws fall inside a box prior to fill a request (an
+        observation far from the training simulations), :meth:`sample` fills the rest with
+        draws clipped to the box and warns; those lie exactly on a bound and are not
+        posterior samples. ``False`` everywhere for posteriors that never clip (NLE, NRE,
+        and NPE wherever the flow works in the prior's unconstrained coordinates).
+
+        Examples
+        --------
+        >>> draws = post.sample(jax.random.key(0), x_obs, 1000)  # doctest: +SKIP
+        >>> draws[~post.clipped(draws)]  # only genuine posterior draws  # doctest: +SKIP
+        """
+        theta = np.asarray(theta)
+        if theta.ndim < 1 or theta.shape[-1] != self.dim:
+            raise ValueError(f"theta: expected draws of shape (..., {self.dim}), got shape {theta.shape}")
+        return np.zeros(theta.shape[:-1], bool)
+
     def _map_log_prob_batch(self, params, theta, x):
         """``_log_prob_batch`` up to a constant per observation (what MAP search ascends)."""
         return self._log_prob_batch(params, theta, x)
@@ -837,12 +856,17 @@ class DirectPosterior(Posterior):
         states = jax.lax.map(first, (keys, cond), batch_size=chunk)
         return jax.lax.map(rest, (cond, states))
 
-    def _check_draws(self, out, num_samples):
+    def clipped(self, theta) -> np.ndarray:
+        on_bound = super().clipped(theta)
         if self._identity.any():  # the rejection fallback puts draws exactly on the bounds
             low, high = (np.asarray(b, np.float32)[self._identity] for b in self.prior.bounds())
-            sub = np.asarray(out)[..., np.flatnonzero(self._identity)]  # NumPy: nothing to compile
-            on_bound = np.any((sub == low) | (sub == high), axis=-1).reshape(-1, num_samples)
-            frac = float(np.max(np.mean(on_bound, axis=-1)))
+            sub = np.asarray(theta)[..., np.flatnonzero(self._identity)]  # NumPy: nothing to compile
+            on_bound = np.any((sub == low) | (sub == high), axis=-1)
+        return on_bound
+
+    def _check_draws(self, out, num_samples):
+        if self._identity.any():
+            frac = float(np.max(np.mean(self.clipped(out).reshape(-1, num_samples), axis=-1)))
             if frac >= 0.01:
                 warnings.warn(
                     f"{100 * frac:.0f} % of the draws for an observation lie exactly on the prior's "

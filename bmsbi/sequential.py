@@ -65,12 +65,28 @@ def _check_fraction(value, arg: str, low_open: float, high_open: float) -> float
     return float(value)
 
 
-def hpd_threshold(posterior: Posterior, x_obs, *, key, epsilon: float, num_samples: int) -> float:
+def hpd_threshold(posterior: Posterior, x_obs, *, key, epsilon: float, num_samples: int) -> float | None:
     """The ``epsilon``-quantile of ``log q(theta | x_obs)`` over ``num_samples`` posterior draws.
 
-    Parameters above it form the posterior's ``(1 - epsilon)`` HPD region.
+    Parameters above it form the posterior's ``(1 - epsilon)`` HPD region. Draws the
+    sampler clipped to the prior's box (:meth:`bmsbi.Posterior.clipped`: the flow put too
+    little mass inside the box at ``x_obs``) are not posterior draws and are left out, with
+    a warning saying how many; ``None`` when every draw was clipped (no region to read).
     """
-    draws = posterior.sample(key, x_obs, num_samples)
+    with warnings.catch_warnings():  # the sampler's own warning about clipped draws: said below
+        warnings.filterwarnings("ignore", message=".*lie exactly on the prior's bounds")
+        draws = np.asarray(posterior.sample(key, x_obs, num_samples))
+    clipped = posterior.clipped(draws)
+    if clipped.any():
+        warnings.warn(
+            f"the round's posterior put most of its mass outside the prior's box at x_obs: "
+            f"{int(clipped.sum())} of {num_samples} draws were clipped to the box (an observation far from "
+            f"this round's simulations?); the HPD threshold is read from the {int((~clipped).sum())} draws "
+            f"inside" + ("" if (~clipped).any() else ", none: the next round draws from the whole prior"),
+            stacklevel=3)
+    draws = draws[~clipped]
+    if len(draws) == 0:
+        return None
     lp = np.asarray(posterior.log_prob(draws, x_obs), np.float64)
     lp = lp[np.isfinite(lp)]
     if lp.size == 0:
@@ -113,8 +129,10 @@ def sample_truncated_prior(posterior: Posterior, prior, x_obs, num_samples: int,
     -------
     theta : numpy.ndarray ``(num_samples, d)``, float32
     info : dict
-        ``threshold`` (the log-density threshold), ``method`` (``"rejection"`` or
-        ``"sir"``), ``candidates`` (prior or posterior draws evaluated),
+        ``threshold`` (the log-density threshold; ``None`` when every posterior draw
+        was clipped to the prior's box, see :func:`hpd_threshold`), ``method``
+        (``"rejection"``, ``"sir"``, or ``"prior"``: the whole prior, when there was no
+        region to read), ``candidates`` (prior or posterior draws evaluated),
         ``acceptance_rate`` (the kept fraction of prior draws) and
         ``truncated_prior_fraction`` (an estimate of the prior mass of the region:
         the kept fraction under rejection, the mean importance weight under SIR).
@@ -141,6 +159,10 @@ def sample_truncated_prior(posterior: Posterior, prior, x_obs, num_samples: int,
         raise ValueError(f"posterior: expected a normalised bmsbi.Posterior (NPE's), got {type(posterior).__name__}")
     key = as_key(key)
     thr = hpd_threshold(posterior, x_obs, key=jax.random.fold_in(key, 0), epsilon=epsilon, num_samples=batch)
+    if thr is None:  # every posterior draw clipped to the box: no region to truncate to
+        theta = np.asarray(prior.sample(jax.random.fold_in(key, 2), n), np.float32)
+        return theta, {"threshold": None, "method": "prior", "candidates": n, "acceptance_rate": 1.0,
+                       "truncated_prior_fraction": 1.0}
 
     kept, tried, b = [], 0, 0
     budget = n / min_acceptance
@@ -165,10 +187,13 @@ def sample_truncated_prior(posterior: Posterior, prior, x_obs, num_samples: int,
     draws, weights = [], []
     m = max(10 * n, batch)
     for j in range(math.ceil(m / batch)):
-        th = np.asarray(posterior.sample(jax.random.fold_in(key, 3 + 2 * j), x_obs, batch), np.float32)
+        with warnings.catch_warnings():  # clipped draws get weight 0 below; hpd_threshold said how many
+            warnings.filterwarnings("ignore", message=".*lie exactly on the prior's bounds")
+            th = np.asarray(posterior.sample(jax.random.fold_in(key, 3 + 2 * j), x_obs, batch), np.float32)
         lq = np.asarray(posterior.log_prob(th, x_obs), np.float64)
         lp = np.asarray(prior.log_prob(th), np.float64)
-        w = np.where((lq >= thr) & np.isfinite(lp), np.exp(lp - np.where(np.isfinite(lq), lq, 0.0)), 0.0)
+        inside = (lq >= thr) & np.isfinite(lp) & ~posterior.clipped(th)
+        w = np.where(inside, np.exp(lp - np.where(np.isfinite(lq), lq, 0.0)), 0.0)
         draws.append(th)
         weights.append(w)
     th, w = np.concatenate(draws), np.concatenate(weights)

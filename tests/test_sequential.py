@@ -212,3 +212,27 @@ def test_four_rounds_of_500_recover_the_analytic_posterior_in_3d():
           "rounds", [(r["method"], r["truncated_prior_fraction"]) for r in seq.rounds_info])
     assert np.all(mean_err < 0.1), mean_err
     assert np.all(np.abs(sd_ratio - 1) < 0.15), sd_ratio
+
+
+def test_draws_clipped_to_the_box_are_not_read_as_a_region_and_say_so():
+    # A Uniform box prior kept in its own coordinates: at an observation far outside the
+    # simulations, the flow's mass lies outside the box and the sampler clips its draws.
+    prior = bmsbi.Prior({"a": dist.Uniform(-1.0, 1.0), "b": dist.Uniform(-1.0, 1.0)})
+    theta = np.asarray(prior.sample(jax.random.key(0), 1000))
+    x = (theta + SIGMA * np.random.default_rng(0).normal(size=theta.shape)).astype(np.float32)
+    post = bmsbi.NPE(max_epochs=30).fit(bmsbi.Bank(theta, x, prior.names), prior=prior, key=1, progress=False)
+    far = np.array([6.0, 6.0], np.float32)
+    with pytest.warns(UserWarning, match="lie exactly on the prior's bounds"):
+        draws = np.asarray(post.sample(jax.random.key(2), far, 500))
+    clipped = post.clipped(draws)
+    assert clipped.shape == (500,) and clipped.mean() > 0.9
+    assert np.all(np.any(np.isin(draws[clipped], [-1.0, 1.0]), axis=-1))
+    near = np.asarray(post.sample(jax.random.key(2), np.zeros(2, np.float32), 500))
+    assert not post.clipped(near).any()
+    # no region to truncate to: the whole prior, said in a warning
+    with pytest.warns(UserWarning, match="clipped to the box"):
+        got, info = sample_truncated_prior(post, prior, far, 200, key=3)
+    assert info["method"] == "prior" and info["threshold"] is None and info["truncated_prior_fraction"] == 1.0
+    assert got.shape == (200, 2) and np.all(np.abs(got) <= 1.0) and got.std(0).min() > 0.4
+    with pytest.raises(ValueError, match=r"theta: expected draws of shape \(\.\.\., 2\)"):
+        post.clipped(np.zeros(3))
