@@ -49,7 +49,7 @@ import simulators
 from bmsbi import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("default", "scale", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale", "sbi")
+CONTENDERS = ("default", "scale", "coverage", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale", "sbi")
 DEFAULT_SBI_PYTHON = "/work/sbi-venv/bin/python"
 
 
@@ -113,6 +113,8 @@ def npe_for(contender: str) -> bmsbi.NPE:
         return bmsbi.NPE()
     if contender == "scale":
         return bmsbi.NPE(base_calibration="scale")
+    if contender == "coverage":
+        return bmsbi.NPE(base_calibration="coverage")
     if contender.startswith("ensemble"):
         size, _, scaled = contender[len("ensemble"):].partition("_")
         return bmsbi.NPE(ensemble=int(size), base_calibration="scale" if scaled else "auto")

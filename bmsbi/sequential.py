@@ -68,10 +68,11 @@ def _check_fraction(value, arg: str, low_open: float, high_open: float) -> float
 def hpd_threshold(posterior: Posterior, x_obs, *, key, epsilon: float, num_samples: int) -> float | None:
     """The ``epsilon``-quantile of ``log q(theta | x_obs)`` over ``num_samples`` posterior draws.
 
-    Parameters above it form the posterior's ``(1 - epsilon)`` HPD region. Draws the
-    sampler clipped to the prior's box (:meth:`bmsbi.Posterior.clipped`: the flow put too
-    little mass inside the box at ``x_obs``) are not posterior draws and are left out, with
-    a warning saying how many; ``None`` when every draw was clipped (no region to read).
+    Parameters above it form the posterior's ``(1 - epsilon)`` HPD region. ``None``, with a
+    warning, when the sampler had to clip draws to the prior's box
+    (:meth:`bmsbi.Posterior.clipped`): that happens only when under about 1 % of the flow's
+    mass lies inside the box at ``x_obs``, the draws are then not posterior samples, and
+    the region read from them would be an artefact.
     """
     with warnings.catch_warnings():  # the sampler's own warning about clipped draws: said below
         warnings.filterwarnings("ignore", message=".*lie exactly on the prior's bounds")
@@ -79,13 +80,10 @@ def hpd_threshold(posterior: Posterior, x_obs, *, key, epsilon: float, num_sampl
     clipped = posterior.clipped(draws)
     if clipped.any():
         warnings.warn(
-            f"the round's posterior put most of its mass outside the prior's box at x_obs: "
-            f"{int(clipped.sum())} of {num_samples} draws were clipped to the box (an observation far from "
-            f"this round's simulations?); the HPD threshold is read from the {int((~clipped).sum())} draws "
-            f"inside" + ("" if (~clipped).any() else ", none: the next round draws from the whole prior"),
-            stacklevel=3)
-    draws = draws[~clipped]
-    if len(draws) == 0:
+            f"the round's posterior put nearly all its mass outside the prior's box at x_obs "
+            f"({int(clipped.sum())} of {num_samples} draws were clipped to the box: an observation far from "
+            f"this round's simulations?); its HPD region cannot be read from them, so the next round "
+            f"draws from the whole prior", stacklevel=3)
         return None
     lp = np.asarray(posterior.log_prob(draws, x_obs), np.float64)
     lp = lp[np.isfinite(lp)]
@@ -129,8 +127,8 @@ def sample_truncated_prior(posterior: Posterior, prior, x_obs, num_samples: int,
     -------
     theta : numpy.ndarray ``(num_samples, d)``, float32
     info : dict
-        ``threshold`` (the log-density threshold; ``None`` when every posterior draw
-        was clipped to the prior's box, see :func:`hpd_threshold`), ``method``
+        ``threshold`` (the log-density threshold; ``None`` when the posterior's draws
+        were clipped to the prior's box, see :func:`hpd_threshold`), ``method``
         (``"rejection"``, ``"sir"``, or ``"prior"``: the whole prior, when there was no
         region to read), ``candidates`` (prior or posterior draws evaluated),
         ``acceptance_rate`` (the kept fraction of prior draws) and

@@ -432,6 +432,26 @@ def test_fitted_base_scale_recovers_a_known_scale(gl2):
     np.testing.assert_allclose(fitted_base_scale(model, np.asarray(s), x_std), [2.0, 0.5], rtol=0.05)
 
 
+def test_coverage_fitted_factor_recovers_a_known_widening(gl2):
+    """Pairs from the flow with its base widened by 1.3: the HPD-coverage factor is 1.3, and the
+    unwidened flow's coverage on them is visibly off (the criterion can tell)."""
+    from bmsbi.estimators.npe import coverage_fitted_factor, with_base_scale
+    from bmsbi.posterior import identity_mask
+
+    prior, post = gl2
+    model = post.model
+    x_std = np.random.default_rng(5).normal(size=(1000, 2)).astype(np.float32)
+    wide = with_base_scale(model, [1.3, 1.3])
+    cond = jax.vmap(wide.condition)(jnp.asarray(x_std))
+    s = jax.vmap(lambda k, c: wide.flow.sample(k, condition=c))(
+        jax.random.split(jax.random.key(6), len(x_std)), cond)
+    factors = np.round(np.arange(0.8, 1.801, 0.05), 2)
+    factor, dev = coverage_fitted_factor(model, np.ones(2), np.asarray(s), x_std, prior=prior,
+                                         identity=identity_mask(prior, "auto"), stats=post.stats, factors=factors)
+    assert abs(factor - 1.3) <= 0.1, (factor, dev)
+    assert dev[list(factors).index(1.0)] > 0.1 > dev.min()
+
+
 def assert_scaled_and_exact(post):
     """A base scale near 1 (the flow family holds the exact posterior, so held-out rows see a
     standard base) and the analytic moments; returns ``(x_obs, draws)``."""
@@ -513,6 +533,10 @@ def test_mixture_scale_of_one_member_is_the_closed_form_and_an_ensemble_keeps_an
                                           ({"ensemble": 0}, "ensemble: expected an int"),
                                           ({"ensemble": 2.0}, "ensemble: expected an int"),
                                           ({"ensemble": 3, "base_calibration": "scale", "validation_fraction": 0.0},
+                                           "base_calibration"),
+                                          ({"ensemble": 3, "base_calibration": "coverage"},
+                                           "base_calibration: 'coverage' calibrates one network"),
+                                          ({"base_calibration": "coverage", "validation_fraction": 0.0},
                                            "base_calibration")])
 def test_base_calibration_bad_input(kwargs, word):
     with pytest.raises(ValueError, match=word):

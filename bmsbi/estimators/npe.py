@@ -660,7 +660,7 @@ class NPE:
         misspecified neural SBI compared by Cannon et al. (2022). ``0`` (the default)
         trains on the simulations as they are; the posterior is then calibrated for
         data the simulator can produce.
-    base_calibration : {"auto", "scale", "none"}, default "auto"
+    base_calibration : {"auto", "scale", "coverage", "none"}, default "auto"
         ``"scale"``: after training, fit a per-coordinate scale of the flow's Gaussian
         base distribution by maximum likelihood on the validation rows (simulations
         no step trained on): ``tau_j^2 = mean(u_j^2)``, ``u`` the flow's latent of the
@@ -681,7 +681,14 @@ class NPE:
         ``"scale"`` holds one set of validation rows out of every member's training and
         fits one scale shared by the members by maximum likelihood of their mixture on
         those rows (:func:`fitted_mixture_scale`): the ensemble's width set by held-out
-        data instead of by its members' spread alone.
+        data instead of by its members' spread alone. ``"coverage"`` (one network
+        only): the maximum-likelihood scale times one pooled factor (0.8 to 1.6) chosen
+        so that the HPD expected coverage on the validation rows lies closest to the
+        diagonal (:func:`coverage_fitted_factor`; a few seconds more per fit). It
+        targets joint HPD coverage, which the likelihood does not, and can widen the
+        marginals past calibration: on the shipped tasks it brought HPD coverage within
+        the band everywhere but made SBC fail on two of four (``benchmarks/RESULTS.md``,
+        "Coverage-fitted base scale"), so it is an option, not the default.
     ensemble : int, default 1
         Train this many networks on the same bank from different random starts (and
         minibatch orders; the compiled training epoch is reused) and use their
@@ -772,13 +779,16 @@ class NPE:
         f = self.summary_noise
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < math.inf:
             raise ValueError(f"summary_noise: expected a float >= 0, got {f!r}")
-        if self.base_calibration not in ("auto", "scale", "none"):
-            raise ValueError(f"base_calibration: expected 'auto', 'scale' or 'none', got "
+        if self.base_calibration not in ("auto", "scale", "coverage", "none"):
+            raise ValueError(f"base_calibration: expected 'auto', 'scale', 'coverage' or 'none', got "
                              f"{self.base_calibration!r}")
         if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, (int, np.integer)) \
                 or not 1 <= self.ensemble <= 100:
             raise ValueError(f"ensemble: expected an int in [1, 100], got {self.ensemble!r}")
-        if self.base_calibration == "scale" and not self.validation_fraction > 0:
+        if self.base_calibration == "coverage" and self.ensemble > 1:
+            raise ValueError("base_calibration: 'coverage' calibrates one network (ensemble=1); for an ensemble "
+                             f"use 'scale' or 'auto', got ensemble={self.ensemble}")
+        if self.base_calibration in ("scale", "coverage") and not self.validation_fraction > 0:
             raise ValueError(f"base_calibration: {self.base_calibration!r} fits on the validation rows and "
                              f"needs validation_fraction > 0, got {self.validation_fraction!r}")
         if self.z_score_x not in ("auto", "independent", "structured", "none"):
@@ -952,10 +962,14 @@ class NPE:
         # "auto" leaves alone what the clean validation rows cannot judge: a posterior for
         # noisier observations (summary_noise) or for 1..K trials; an ensemble is widened
         # by its members' spread.
-        calibrate = self.ensemble == 1 and (self.base_calibration == "scale" or (
+        calibrate = self.ensemble == 1 and (self.base_calibration in ("scale", "coverage") or (
             self.base_calibration == "auto" and not trials and not self.summary_noise > 0))
         if calibrate and val_rows is not None:
             scale = fitted_base_scale(model, s_theta[val_rows], x_std[val_rows])
+            if self.base_calibration == "coverage":
+                factor, _ = coverage_fitted_factor(model, scale, s_theta[val_rows], x_std[val_rows], prior=prior,
+                                                   identity=identity, stats=stats)
+                scale = factor * scale
             model = with_base_scale(model, scale)
             config["base_scale"] = [float(v) for v in scale]
         return model, history
@@ -1116,6 +1130,60 @@ def fitted_mixture_scale(members, s_theta, x_std, *, max_iter: int = 500, tol: f
         if done:
             break
     return np.sqrt(tau2)
+
+
+# Pooled widening factors tried by base_calibration="coverage" (times the ML scale), the
+# credibility levels it matches, and the flow draws per validation row that rank its truth.
+_COVERAGE_FACTORS = np.round(np.arange(0.80, 1.6001, 0.025), 3)
+_COVERAGE_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+_COVERAGE_DRAWS = 256
+
+
+def coverage_fitted_factor(model: NPEModel, scale, s_theta, x_std, *, prior, identity, stats,
+                           factors=None, num_draws: int = _COVERAGE_DRAWS) -> tuple[float, np.ndarray]:
+    """The factor ``c`` whose base scale ``c * scale`` best matches HPD coverage on held-out pairs.
+
+    For each validation pair the truth's HPD rank is the fraction of the posterior's own
+    draws (``num_draws``, inside the prior's support) with a higher density in the
+    parameters' own coordinates; the HPD expected coverage at level ``a`` is the fraction
+    of pairs ranked below ``a``. Returns the factor among ``factors`` (default 0.8 to 1.6
+    in steps of 0.025) with the smallest largest deviation from the diagonal over the
+    levels 0.05..0.95, and those deviations per factor ``(len(factors),)``. The draws'
+    random numbers are shared across factors, so the criterion is smooth in ``c``.
+    """
+    factors = _COVERAGE_FACTORS if factors is None else np.asarray(factors, np.float64)
+    u, ld = _latents(model, jnp.asarray(s_theta), jnp.asarray(x_std))
+    z0 = jax.random.normal(jax.random.key(0), (len(s_theta), int(num_draws), len(scale)))
+    keep = jnp.asarray(identity)
+    mean, std = jnp.asarray(stats["theta_mean"]), jnp.asarray(stats["theta_std"])
+
+    def theta_terms(s):  # log |d theta / d z| and the support mask, for standardised flow coordinates s
+        z = s * std + mean
+        theta = prior.from_unconstrained(z, keep=keep)
+        return prior.log_det_jacobian(z, keep=keep), prior.in_support(theta)
+
+    @eqx.filter_jit
+    def ranks(model, tau, u, ld, s_theta, x_std, z0):
+        bij = paramax.unwrap(model).flow.bijection
+        jac_true, _ = theta_terms(s_theta)
+        lq_true = -0.5 * jnp.sum(jnp.square(u / tau), axis=-1) + ld - jac_true          # (m,)
+
+        def row(z, x, lq):
+            cond = paramax.unwrap(model).condition(x)
+            s, logdet = jax.vmap(lambda v: bij.transform_and_log_det(v, cond))(z * tau)
+            jac, ok = theta_terms(s)
+            lq_draws = -0.5 * jnp.sum(jnp.square(z), axis=-1) - logdet - jac
+            return jnp.sum(ok & (lq_draws > lq)) / jnp.maximum(jnp.sum(ok), 1)
+
+        return jax.lax.map(lambda a: row(*a), (z0, x_std, lq_true))
+
+    dev = np.empty(len(factors))
+    for i, c in enumerate(factors):
+        r = np.asarray(ranks(model, jnp.asarray(c * np.asarray(scale), jnp.float32), u, ld,
+                             jnp.asarray(s_theta), jnp.asarray(x_std), z0))
+        cov = np.mean(r[:, None] < _COVERAGE_LEVELS[None, :], axis=0)
+        dev[i] = np.max(np.abs(cov - _COVERAGE_LEVELS))
+    return float(factors[int(np.argmin(dev))]), dev
 
 
 @eqx.filter_jit  # the model is an argument: one compilation for every model of this shape
