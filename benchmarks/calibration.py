@@ -49,7 +49,7 @@ import simulators
 from bmsbi import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("default", "scale", "coverage", "radial", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale", "sbi")
+CONTENDERS = ("default", "scale", "coverage", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale", "sbi")
 DEFAULT_SBI_PYTHON = "/work/sbi-venv/bin/python"
 
 
@@ -113,8 +113,8 @@ def npe_for(contender: str) -> bmsbi.NPE:
         return bmsbi.NPE()
     if contender == "scale":
         return bmsbi.NPE(base_calibration="scale")
-    if contender in ("coverage", "radial"):
-        return bmsbi.NPE(base_calibration=contender)
+    if contender == "coverage":
+        return bmsbi.NPE(base_calibration="coverage")
     if contender.startswith("ensemble"):
         size, _, scaled = contender[len("ensemble"):].partition("_")
         return bmsbi.NPE(ensemble=int(size), base_calibration="scale" if scaled else "auto")
@@ -148,7 +148,7 @@ def run_task(name: str, args) -> list[dict]:
         scale = post.config.get("base_scale")
         rows.append({"task": name, "contender": contender, "fit_s": fit_s,
                      "epochs": len(post.history.val_loss) if post.history is not None else 0,
-                     "base_scale": scale, "base_radial": post.config.get("base_radial"), **m})
+                     "base_scale": scale, **m})
         print(f"{name} {contender}: fit {fit_s:.0f} s, HPD {m['hpd']:.3f}, TARP {m['tarp']:.3f}, "
               f"SBC min p {m['sbc_min_p']:.3g}, log score {m['log_score']:.3f}",
               file=sys.stderr, flush=True)
@@ -162,8 +162,6 @@ def table(rows, args) -> str:
     for r in rows:
         d = len(simulators.get(r["task"]).prior.names)
         sc = "-" if r["base_scale"] is None else " ".join(f"{v:.2f}" for v in r["base_scale"])
-        if r.get("base_radial") is not None:
-            sc += " (radial a {:.2f}, b {:.2f})".format(*r["base_radial"])
         out.append(f"| {r['task']} | {r['contender']} | {r['fit_s']:.0f} | {r['hpd']:.3f} | "
                    f"{r['hpd50']:.3f} / {r['hpd90']:.3f} | {r['tarp']:.3f} | {r['sbc_min_p']:.3g} ({d}) | "
                    f"{r['log_score']:.3f} | {sc} |")

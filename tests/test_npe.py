@@ -476,40 +476,6 @@ def test_base_calibration_scale_keeps_an_exact_posterior_and_survives_files(tmp_
     np.testing.assert_allclose(back.log_prob(s[:50], x_obs), post.log_prob(s[:50], x_obs), rtol=1e-5)
 
 
-def test_radial_power_is_an_exact_bijection_and_its_fit_recovers_known_parameters():
-    from bmsbi.estimators.npe import RadialPower, fitted_radial_power
-
-    rp = RadialPower(3, 0.9, 1.3)
-    x = jax.random.normal(jax.random.key(0), (5, 3))
-    y, ld = jax.vmap(rp.transform_and_log_det)(x)
-    back, ld_inv = jax.vmap(rp.inverse_and_log_det)(y)
-    np.testing.assert_allclose(back, x, atol=1e-5)
-    np.testing.assert_allclose(ld, -ld_inv, atol=1e-5)
-    jac = jax.jacfwd(rp.transform)(x[0])
-    assert abs(float(jnp.linalg.slogdet(jac)[1]) - float(ld[0])) < 1e-4
-    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 0.9 * np.linalg.norm(x, axis=1) ** 1.3, rtol=1e-5)
-    z = np.random.default_rng(0).normal(size=(20000, 3)).astype(np.float32)
-    a, b = fitted_radial_power(np.asarray(jax.vmap(rp.transform)(jnp.asarray(z))))
-    assert abs(a - 0.9) < 0.02 and abs(b - 1.3) < 0.02
-    a, b = fitted_radial_power(z)  # a standard normal: the identity
-    assert abs(a - 1) < 0.02 and abs(b - 1) < 0.02
-    with pytest.raises(ValueError, match="a, b: expected positive"):
-        RadialPower(3, -1.0, 1.0)
-
-
-def test_base_calibration_radial_keeps_an_exact_posterior_and_survives_files(tmp_path):
-    prior, bank = gaussian_linear(2, 5000, seed=5)
-    post = NPE(density_estimator="maf", base_calibration="radial").fit(
-        bank, prior=prior, key=jax.random.key(6), progress=False)
-    a, b = post.config["base_radial"]
-    assert abs(a - 1) < 0.1 and abs(b - 1) < 0.1, (a, b)   # an exact posterior needs no radial change
-    x_obs, s = assert_scaled_and_exact(post)
-    post.save(tmp_path / "p.bmsbi")
-    back = bmsbi.load_posterior(tmp_path / "p.bmsbi")
-    assert back.config["base_radial"] == post.config["base_radial"]
-    np.testing.assert_allclose(back.log_prob(s[:50], x_obs), post.log_prob(s[:50], x_obs), rtol=1e-5)
-
-
 def test_ensemble_is_the_mixture_of_its_members_and_survives_files(tmp_path):
     prior, bank = gaussian_linear(2, 4000, seed=7)
     post = NPE(density_estimator="maf", ensemble=3, max_epochs=40).fit(
@@ -570,8 +536,6 @@ def test_mixture_scale_of_one_member_is_the_closed_form_and_an_ensemble_keeps_an
                                            "base_calibration"),
                                           ({"ensemble": 3, "base_calibration": "coverage"},
                                            "base_calibration: 'coverage' calibrates one network"),
-                                          ({"ensemble": 2, "base_calibration": "radial"},
-                                           "base_calibration: 'radial' calibrates one network"),
                                           ({"base_calibration": "coverage", "validation_fraction": 0.0},
                                            "base_calibration")])
 def test_base_calibration_bad_input(kwargs, word):

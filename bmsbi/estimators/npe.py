@@ -300,68 +300,6 @@ class LinearMap(AbstractBijection):
         return jax.scipy.linalg.solve_triangular(tril, y, lower=True), -self._log_det(tril)
 
 
-class RadialPower(AbstractBijection):
-    """Fixed radial map ``y = x * a |x|**(b - 1)`` (the radius ``r -> a r**b``; not trained).
-
-    Put between the flow's Gaussian base and its base scale by
-    ``NPE(base_calibration="radial")``: ``b > 1`` spreads the latent radius (more mass
-    near the centre and in the tails), what held-out latents show when a posterior's
-    width errs per observation while each coordinate's variance is right.
-    """
-
-    shape: tuple = eqx.field(static=True)
-    cond_shape: None = eqx.field(static=True)
-    log_a: paramax.NonTrainable
-    log_b: paramax.NonTrainable
-
-    def __init__(self, dim: int, a: float, b: float):
-        if not (a > 0 and b > 0):
-            raise ValueError(f"a, b: expected positive numbers, got {a!r}, {b!r}")
-        self.shape = (int(dim),)
-        self.cond_shape = None
-        self.log_a = paramax.NonTrainable(jnp.asarray(math.log(a), jnp.float32))
-        self.log_b = paramax.NonTrainable(jnp.asarray(math.log(b), jnp.float32))
-
-    def _ab(self):
-        return paramax.unwrap(self.log_a), paramax.unwrap(self.log_b)
-
-    def transform_and_log_det(self, x, condition=None):
-        log_a, log_b = self._ab()
-        b, d = jnp.exp(log_b), x.shape[-1]
-        log_r = jnp.log(jnp.maximum(jnp.linalg.norm(x), 1e-30))
-        return x * jnp.exp(log_a + (b - 1) * log_r), log_b + d * log_a + d * (b - 1) * log_r
-
-    def inverse_and_log_det(self, y, condition=None):
-        log_a, log_b = self._ab()
-        b, d = jnp.exp(log_b), y.shape[-1]
-        log_r = (jnp.log(jnp.maximum(jnp.linalg.norm(y), 1e-30)) - log_a) / b   # log of the base radius
-        x = y * jnp.exp(log_r - log_a - b * log_r)                               # y * r / (a r**b)
-        return x, -(log_b + d * log_a + d * (b - 1) * log_r)
-
-
-def fitted_radial_power(v) -> tuple[float, float]:
-    """Maximum-likelihood ``(a, b)`` of :class:`RadialPower` for latents ``v`` ``(n, d)``.
-
-    ``v`` are held-out latents in the base's coordinates (after the base scale); a
-    standard normal base gives ``a = b = 1``. Fitted by Nelder-Mead on ``(log a, log b)``.
-    """
-    from scipy.optimize import minimize
-
-    v = np.asarray(v, np.float64)
-    d = v.shape[1]
-    log_rv = np.log(np.maximum(np.linalg.norm(v, axis=1), 1e-300))
-
-    def nll(p):
-        log_a, log_b = p
-        b = math.exp(log_b)
-        log_r = (log_rv - log_a) / b
-        return float(np.mean(0.5 * np.exp(2 * log_r) + log_b + d * log_a + d * (b - 1) * log_r))
-
-    res = minimize(nll, np.zeros(2), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-10,
-                                                                   "maxiter": 2000})
-    return float(math.exp(res.x[0])), float(math.exp(res.x[1]))
-
-
 class SplineCouplingStack(AbstractBijection):
     """``num_layers`` rational-quadratic spline coupling layers, scanned (a flowjax bijection).
 
@@ -841,16 +779,16 @@ class NPE:
         f = self.summary_noise
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < math.inf:
             raise ValueError(f"summary_noise: expected a float >= 0, got {f!r}")
-        if self.base_calibration not in ("auto", "scale", "coverage", "radial", "none"):
-            raise ValueError(f"base_calibration: expected 'auto', 'scale', 'coverage', 'radial' or 'none', got "
+        if self.base_calibration not in ("auto", "scale", "coverage", "none"):
+            raise ValueError(f"base_calibration: expected 'auto', 'scale', 'coverage' or 'none', got "
                              f"{self.base_calibration!r}")
         if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, (int, np.integer)) \
                 or not 1 <= self.ensemble <= 100:
             raise ValueError(f"ensemble: expected an int in [1, 100], got {self.ensemble!r}")
-        if self.base_calibration in ("coverage", "radial") and self.ensemble > 1:
-            raise ValueError(f"base_calibration: {self.base_calibration!r} calibrates one network (ensemble=1); for "
-                             f"an ensemble use 'scale' or 'auto', got ensemble={self.ensemble}")
-        if self.base_calibration in ("scale", "coverage", "radial") and not self.validation_fraction > 0:
+        if self.base_calibration == "coverage" and self.ensemble > 1:
+            raise ValueError("base_calibration: 'coverage' calibrates one network (ensemble=1); for an ensemble "
+                             f"use 'scale' or 'auto', got ensemble={self.ensemble}")
+        if self.base_calibration in ("scale", "coverage") and not self.validation_fraction > 0:
             raise ValueError(f"base_calibration: {self.base_calibration!r} fits on the validation rows and "
                              f"needs validation_fraction > 0, got {self.validation_fraction!r}")
         if self.z_score_x not in ("auto", "independent", "structured", "none"):
@@ -1024,20 +962,15 @@ class NPE:
         # "auto" leaves alone what the clean validation rows cannot judge: a posterior for
         # noisier observations (summary_noise) or for 1..K trials; an ensemble is widened
         # by its members' spread.
-        calibrate = self.ensemble == 1 and (self.base_calibration in ("scale", "coverage", "radial") or (
+        calibrate = self.ensemble == 1 and (self.base_calibration in ("scale", "coverage") or (
             self.base_calibration == "auto" and not trials and not self.summary_noise > 0))
         if calibrate and val_rows is not None:
             scale = fitted_base_scale(model, s_theta[val_rows], x_std[val_rows])
-            radial = None
             if self.base_calibration == "coverage":
                 factor, _ = coverage_fitted_factor(model, scale, s_theta[val_rows], x_std[val_rows], prior=prior,
                                                    identity=identity, stats=stats)
                 scale = factor * scale
-            elif self.base_calibration == "radial":
-                u, _ = _latents(model, jnp.asarray(s_theta[val_rows]), jnp.asarray(x_std[val_rows]))
-                radial = fitted_radial_power(np.asarray(u, np.float64) / scale)
-                config["base_radial"] = [float(v) for v in radial]
-            model = with_base_scale(model, scale, radial=radial)
+            model = with_base_scale(model, scale)
             config["base_scale"] = [float(v) for v in scale]
         return model, history
 
@@ -1045,7 +978,7 @@ class NPE:
         if not isinstance(init, DirectPosterior) or init.config.get("estimator") != "NPE":
             raise ValueError(f"init: expected a posterior from NPE.fit to start from, got {type(init).__name__}")
         ours = self.config(trials)
-        theirs = {k: v for k, v in init.config.items() if k not in ("base_scale", "base_radial")}
+        theirs = {k: v for k, v in init.config.items() if k != "base_scale"}
         if theirs != ours:
             differs = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
             raise ValueError(f"init: its architecture differs from this NPE's (in {differs}); a warm start "
@@ -1261,19 +1194,16 @@ def _latents(model, s_theta, x_std):
     return jax.vmap(model.flow.bijection.inverse_and_log_det)(s_theta, cond)
 
 
-def with_base_scale(model: NPEModel, scale, radial=None) -> NPEModel:
+def with_base_scale(model: NPEModel, scale) -> NPEModel:
     """``model`` whose flow draws its base from ``N(0, diag(scale**2))``.
 
     Written as a fixed affine map in front of the flow's bijection, so sampling,
     densities and files need nothing new; :func:`model_from_config` rebuilds it from
-    ``config["base_scale"]``. ``radial=(a, b)`` puts a :class:`RadialPower` map between
-    the standard normal and the scale (``config["base_radial"]``).
+    ``config["base_scale"]``.
     """
     flow = paramax.unwrap(model.flow)
     scale = jnp.asarray(scale, jnp.float32)
     front = Affine(jnp.zeros_like(scale), scale)
-    if radial is not None:
-        front = Chain([RadialPower(scale.shape[0], *radial), front])
     return NPEModel(Transformed(flow.base_dist, Chain([front, flow.bijection])), model.embedding)
 
 
@@ -1340,7 +1270,7 @@ def model_from_config(config: dict, dim: int, x_shape: tuple) -> NPEModel:
                       full_covariance=bool(config.get("full_covariance", False)))
     model = NPEModel(flow, embedding)
     if config.get("base_scale") is not None:
-        model = with_base_scale(model, config["base_scale"], radial=config.get("base_radial"))
+        model = with_base_scale(model, config["base_scale"])
     if config.get("ensemble", 1) > 1:
         return EnsembleNPEModel.stack([model] * int(config["ensemble"]))
     return model
