@@ -222,9 +222,10 @@ def exported_function(name: str, fn: Callable, args: tuple, identity) -> Callabl
         return None
     leaves, treedef = jax.tree_util.tree_flatten(args)
     keys = [jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) for leaf in leaves]
-    impls = [str(jax.random.key_impl(leaf)) if k else None for leaf, k in zip(leaves, keys)]
+    impls = [jax.random.key_impl(leaf) if k else None for leaf, k in zip(leaves, keys)]
     avals = [(tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves]
-    described = json.dumps({"identity": identity, "tree": str(treedef), "avals": avals, "keys": impls,
+    described = json.dumps({"identity": identity, "tree": str(treedef), "avals": avals,
+                            "keys": [None if i is None else str(i) for i in impls],
                             "x64": bool(jax.config.jax_enable_x64), "backend": jax.default_backend(),
                             "code": _code_fingerprint()}, sort_keys=True, default=str)
     digest = hashlib.sha256(described.encode()).hexdigest()[:40]
@@ -232,7 +233,7 @@ def exported_function(name: str, fn: Callable, args: tuple, identity) -> Callabl
         call = _exported[digest]
     else:
         call = _exported[digest] = _load_or_export(folder / f"{name}-{digest}.jaxexport", fn, leaves,
-                                                   treedef, keys)
+                                                   treedef, keys, impls)
     if call is None:
         return None
 
@@ -243,7 +244,7 @@ def exported_function(name: str, fn: Callable, args: tuple, identity) -> Callabl
     return run
 
 
-def _load_or_export(path: Path, fn: Callable, leaves: list, treedef, keys: list) -> Callable | None:
+def _load_or_export(path: Path, fn: Callable, leaves: list, treedef, keys: list, impls: list) -> Callable | None:
     """The jitted call of the program at ``path``, exporting it there first when missing or unreadable."""
     import jax
 
@@ -251,7 +252,6 @@ def _load_or_export(path: Path, fn: Callable, leaves: list, treedef, keys: list)
         from jax import export
     except ImportError:  # pragma: no cover - jax.export ships with the pinned jax
         return None
-    impls = [jax.random.key_impl(leaf) if k else None for leaf, k in zip(leaves, keys)]
     exp = None
     if path.is_file():
         try:

@@ -420,33 +420,35 @@ def test_support_box_agrees_with_the_prior_support():
 # ---------------------------------------------------------------- base calibration
 def test_fitted_base_scale_recovers_a_known_scale(gl2):
     """Pairs drawn from the flow with its base scaled by 2 give back a fitted scale of 2."""
-    from bmsbi.estimators.npe import fitted_base_scale, with_base_scale
+    from bmsbi.estimators.npe import fitted_base_scale
 
     _, post = gl2
-    model = post.model
-    x_std = np.random.default_rng(3).normal(size=(4000, 2)).astype(np.float32)
-    wide = with_base_scale(model, [2.0, 0.5])
+    s, x_std = _pairs_from_widened(post.model, [2.0, 0.5], n=4000, x_seed=3, key=4)
+    np.testing.assert_allclose(fitted_base_scale(post.model, s, x_std), [2.0, 0.5], rtol=0.05)
+
+
+def _pairs_from_widened(model, scale, *, n, x_seed, key):
+    """``(s, x_std)``: ``n`` standard-normal conditions and one draw each from ``model`` with its base scaled."""
+    from bmsbi.estimators.npe import with_base_scale
+
+    x_std = np.random.default_rng(x_seed).normal(size=(n, 2)).astype(np.float32)
+    wide = with_base_scale(model, scale)
     cond = jax.vmap(wide.condition)(jnp.asarray(x_std))
-    s = jax.vmap(lambda k, c: wide.flow.sample(k, condition=c))(
-        jax.random.split(jax.random.key(4), len(x_std)), cond)
-    np.testing.assert_allclose(fitted_base_scale(model, np.asarray(s), x_std), [2.0, 0.5], rtol=0.05)
+    s = jax.vmap(lambda k, c: wide.flow.sample(k, condition=c))(jax.random.split(jax.random.key(key), n), cond)
+    return np.asarray(s), x_std
 
 
 def test_coverage_fitted_factor_recovers_a_known_widening(gl2):
     """Pairs from the flow with its base widened by 1.3: the HPD-coverage factor is 1.3, and the
     unwidened flow's coverage on them is visibly off (the criterion can tell)."""
-    from bmsbi.estimators.npe import coverage_fitted_factor, with_base_scale
+    from bmsbi.estimators.npe import coverage_fitted_factor
     from bmsbi.posterior import identity_mask
 
     prior, post = gl2
     model = post.model
-    x_std = np.random.default_rng(5).normal(size=(1000, 2)).astype(np.float32)
-    wide = with_base_scale(model, [1.3, 1.3])
-    cond = jax.vmap(wide.condition)(jnp.asarray(x_std))
-    s = jax.vmap(lambda k, c: wide.flow.sample(k, condition=c))(
-        jax.random.split(jax.random.key(6), len(x_std)), cond)
+    s, x_std = _pairs_from_widened(model, [1.3, 1.3], n=1000, x_seed=5, key=6)
     factors = np.round(np.arange(0.8, 1.801, 0.05), 2)
-    factor, dev = coverage_fitted_factor(model, np.ones(2), np.asarray(s), x_std, prior=prior,
+    factor, dev = coverage_fitted_factor(model, np.ones(2), s, x_std, prior=prior,
                                          identity=identity_mask(prior, "auto"), stats=post.stats, factors=factors)
     assert abs(factor - 1.3) <= 0.1, (factor, dev)
     assert dev[list(factors).index(1.0)] > 0.1 > dev.min()
