@@ -16,7 +16,9 @@ contender, on the held-out pairs:
 
 Contenders (``--contenders``): ``default`` (``bmsbi.NPE()``), ``scale``
 (``NPE(base_calibration="scale")``: the flow's base scale fitted on the validation
-rows after training), ``ensemble3`` / ``ensemble5`` (``NPE(ensemble=3 or 5)``: the equal-weight mixture of three
+rows after training), ``unconstrained`` (``NPE(theta_space="unconstrained")``: every
+parameter modelled through the prior's bijection, box parameters in logit space, so the
+flow has no mass outside the prior's support), ``ensemble3`` / ``ensemble5`` (``NPE(ensemble=3 or 5)``: the equal-weight mixture of three
 or five networks trained from different starts), ``ensemble3_scale`` / ``ensemble5_scale``
 (the same with ``base_calibration="scale"``: one base scale shared by the members, fitted on
 validation rows none of them trained on) and ``sbi`` (the sbi package's NPE with its defaults on the same
@@ -49,7 +51,7 @@ import simulators
 from bmsbi import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("default", "scale", "coverage", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale", "sbi")
+CONTENDERS = ("default", "scale", "coverage", "unconstrained", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale", "sbi")
 DEFAULT_SBI_PYTHON = "/work/sbi-venv/bin/python"
 
 
@@ -115,6 +117,8 @@ def npe_for(contender: str) -> bmsbi.NPE:
         return bmsbi.NPE(base_calibration="scale")
     if contender == "coverage":
         return bmsbi.NPE(base_calibration="coverage")
+    if contender == "unconstrained":
+        return bmsbi.NPE(theta_space="unconstrained")
     if contender.startswith("ensemble"):
         size, _, scaled = contender[len("ensemble"):].partition("_")
         return bmsbi.NPE(ensemble=int(size), base_calibration="scale" if scaled else "auto")
