@@ -590,6 +590,34 @@ class Posterior:
             raise ValueError(f"theta: expected draws of shape (..., {self.dim}), got shape {theta.shape}")
         return np.zeros(theta.shape[:-1], bool)
 
+    def support_mass(self, x_obs, *, long: str = "refuse"):
+        """Share of the estimator's own probability mass inside the prior's support, per observation.
+
+        NPE's flow models box-prior parameters in their own coordinates and may spread
+        mass past the box; the posterior is that flow cut to the box and renormalised
+        (what :meth:`sample` and :meth:`log_prob` return). A small share means the
+        posterior presses against a bound of the prior; the box-cut flow is then least
+        trustworthy there (its highest-density regions tend to be too small: see
+        "Checking a posterior" in the docs). 1.0 for posteriors that cannot leave the
+        support (NLE, NRE, and NPE wherever the flow works in the prior's unconstrained
+        coordinates).
+
+        ``x_obs`` as in :meth:`log_prob`. Returns a float for one observation, ``(m,)``
+        for a batch.
+
+        Examples
+        --------
+        >>> post.support_mass(x_obs)  # doctest: +SKIP
+        0.97
+        """
+        x, batched = observations(self, x_obs, warn_ood=False, long=long)
+        mass = self._support_mass(x)
+        return mass if batched else float(mass[0])
+
+    def _support_mass(self, x) -> np.ndarray:
+        """:meth:`support_mass` for prepared observations ``(m, *x_shape)``."""
+        return np.ones(len(x))
+
     def _map_log_prob_batch(self, params, theta, x):
         """``_log_prob_batch`` up to a constant per observation (what MAP search ascends)."""
         return self._log_prob_batch(params, theta, x)
@@ -875,6 +903,14 @@ class DirectPosterior(Posterior):
                     f"to it (an observation "
                     "far from the training simulations?); these draws are not posterior samples",
                     stacklevel=3)
+
+    def _support_mass(self, x) -> np.ndarray:
+        if not self._identity.any():
+            return np.ones(len(x))
+        if "support_mass" not in self._jit:
+            self._jit["support_mass"] = jax.jit(
+                lambda params, x: jnp.exp(self._log_acceptance(*self._unpack(params, x))))
+        return np.asarray(self._jit["support_mass"](self._params(), jnp.asarray(x)), np.float64)
 
     def _log_acceptance(self, model, stats, cond):
         """Log of the flow's mass inside the prior's support, per condition ``(m,)``."""

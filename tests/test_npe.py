@@ -164,6 +164,35 @@ def test_density_integrates_to_one_over_the_box(box):
         assert p.sum() * (1 / 200) * (2 / 200) == pytest.approx(1.0, abs=0.03)
 
 
+def test_support_mass_is_the_share_of_the_flows_draws_inside_the_box(box):
+    # "auto": the flow's own draws (mapped back from its standardised coordinates, both
+    # parameters Uniform so kept as they are) counted inside the box, independently of
+    # the posterior's code; "unconstrained": nothing can fall outside.
+    prior, post = box
+    x_obs = np.array([[0.5, 0.0], [1.2, 0.95], [40.0, -40.0]], np.float32)
+    mass = post.support_mass(x_obs)
+    assert mass.shape == (3,)
+    assert isinstance(post.support_mass(x_obs[0]), float)
+    if post.config["theta_space"] == "unconstrained":
+        np.testing.assert_array_equal(mass, 1.0)
+        return
+    flow, stats = post.model.flow, post.stats
+    for i, x in enumerate(x_obs[:2]):
+        cond = (x - stats["x_mean"]) / stats["x_std"]
+        s = np.asarray(flow.sample(jax.random.key(11), (20000,), condition=jnp.asarray(cond)))
+        inside = np.mean(np.asarray(prior.in_support(s * stats["theta_std"] + stats["theta_mean"])))
+        assert mass[i] == pytest.approx(inside, abs=0.02)
+    assert mass[0] > 0.9                 # an observation in the middle of the box
+    assert mass[1] < mass[0] - 0.1       # past a corner: the flow spreads over the bound
+    assert mass[2] <= 0.01               # far outside: (almost) nothing inside
+
+
+def test_support_mass_refuses_bad_observations(box):
+    _, post = box
+    with pytest.raises(ValueError, match="x_obs"):
+        post.support_mass(np.zeros(3, np.float32))
+
+
 def test_bank_with_nan_rows_is_refused():
     prior, bank = gaussian_linear(2, 100)
     x = bank.x.copy()
