@@ -602,8 +602,10 @@ class Posterior:
         support (NLE, NRE, and NPE wherever the flow works in the prior's unconstrained
         coordinates).
 
-        ``x_obs`` as in :meth:`log_prob`. Returns a float for one observation, ``(m,)``
-        for a batch.
+        NPE counts its flow's draws inside the support, 4,096 per observation with one
+        fixed key (the count its :meth:`log_prob` divides by), so a share below 1/4,096
+        reads as 1/4,096. ``x_obs`` as in :meth:`log_prob`. Returns a float for one
+        observation, ``(m,)`` for a batch.
 
         Examples
         --------
