@@ -907,8 +907,8 @@ class DirectPosterior(Posterior):
                     stacklevel=3)
 
     def _support_mass(self, x) -> np.ndarray:
-        if not self._identity.any():
-            return np.ones(len(x))
+        if not self._identity.any():  # every parameter through the prior's bijection: nothing leaves
+            return super()._support_mass(x)
         if "support_mass" not in self._jit:
             self._jit["support_mass"] = jax.jit(
                 lambda params, x: jnp.exp(self._log_acceptance(*self._unpack(params, x))))
