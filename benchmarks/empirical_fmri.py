@@ -5,7 +5,9 @@ the whole-brain Hopf BOLD task of that dataset (:mod:`simulators.hopf_bold`):
 
 bmsbi
     one bank of ``--simulations`` prior draws, one NPE fit (``--npe-options``), then ``posterior.infer`` on
-    every subject's raw recording in one batched call (the OOD score comes with it).
+    every subject's raw recording in one batched call (the OOD score comes with it), with
+    ``robust=True`` (:mod:`bmsbi.robust`: the mixture of the posteriors at the matched
+    training simulations) and, beside it from the same network, plain (``robust=False``).
     Posterior-predictive check: ``--draws`` posterior draws per subject, each simulated;
     the FC r of each draw against the subject's FC, the median reported.
 grid search (what the literature does: Deco et al. 2017)
@@ -35,6 +37,7 @@ import argparse
 import datetime
 import json
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -136,19 +139,25 @@ def run_dataset(name: str, args) -> dict:
         bank, prior=task.prior, key=jax.random.key(args.seed + 1), progress=not args.quiet)
     out["train_s"] = time.perf_counter() - t0
     out["epochs"] = post.history.epochs
-    post.infer(jax.random.key(0), recs, args.samples)  # compile once, as a served posterior has
-    t0 = time.perf_counter()
-    res = post.infer(jax.random.key(args.seed + 2), recs, args.samples)
-    out["infer_s"] = time.perf_counter() - t0
-    samples = np.asarray(res.samples)  # (m, n, d)
-    out["posterior_mean"] = samples.mean(axis=1).tolist()
-    out["posterior_sd"] = samples.std(axis=1).tolist()
-    out["ood_score"] = np.asarray(res.ood_score).tolist()
-    out["ood_flag"] = np.asarray(res.flagged).tolist()
-
-    t0 = time.perf_counter()
-    out["ppc_fc_r"], out["ppc_fcd_ks"] = posterior_predictive(task, samples, emp_fc, emp_fcd, args)
-    out["ppc_s"] = time.perf_counter() - t0
+    for robust, tag in ((True, ""), (False, "_plain")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bmsbi.OutOfDistributionWarning)  # the flags are reported
+            post.infer(jax.random.key(0), recs, args.samples, robust=robust)  # compile once, as served
+            t0 = time.perf_counter()
+            res = post.infer(jax.random.key(args.seed + 2), recs, args.samples, robust=robust)
+            out["infer_s" + tag] = time.perf_counter() - t0
+        samples = np.asarray(res.samples)  # (m, n, d)
+        out["posterior_mean" + tag] = samples.mean(axis=1).tolist()
+        out["posterior_sd" + tag] = samples.std(axis=1).tolist()
+        if robust:
+            out["ess"] = np.asarray(res.ess).tolist()
+            out["misfits"] = [res.misfits(i, top=3) for i in range(len(recs))]
+        out["ood_score"] = np.asarray(res.ood_score).tolist()
+        out["ood_flag"] = np.asarray(res.flagged).tolist()
+        t0 = time.perf_counter()
+        out["ppc_fc_r" + tag], out["ppc_fcd_ks" + tag] = posterior_predictive(task, samples, emp_fc, emp_fcd,
+                                                                              args)
+        out["ppc_s" + tag] = time.perf_counter() - t0
 
     # ------------------------------------------------------------ grid search
     g_values = np.linspace(0.0, simulators.hopf_bold.G_MAX, args.grid_g)  # the prior's range of G
@@ -179,23 +188,30 @@ def report(res: dict) -> str:
     lines = [f"### {res['dataset']}: {len(res['subjects'])} subjects, {res['simulations']} simulations, "
              f"grid {res['grid_points']} points",
              "",
-             "| subject | NPE post.-pred. FC r (median of draws) | grid best r (re-simulated) | "
-             "difference | FCD KS NPE / grid | SC-FC r | OOD score (flag) | posterior mean G, a, sigma |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| subject | robust NPE post.-pred. FC r (median of draws) | grid best r (re-simulated) | "
+             "difference | plain NPE FC r (difference) | FCD KS robust / plain / grid | SC-FC r | "
+             "OOD score (flag) | ESS | posterior mean G, a, sigma (robust; plain) | largest misfits (sd) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, s in enumerate(res["subjects"]):
         diff = res["ppc_fc_r"][i] - res["grid_best_r"][i]
+        plain = res["ppc_fc_r_plain"][i]
         mean = ", ".join(f"{v:.3g}" for v in res["posterior_mean"][i])
+        mean_plain = ", ".join(f"{v:.3g}" for v in res["posterior_mean_plain"][i])
+        mis = ", ".join(f"{n} {v:+.1f}" for n, v in res["misfits"][i])
         lines.append(f"| {s} | {res['ppc_fc_r'][i]:.3f} | {res['grid_best_r'][i]:.3f} | {diff:+.3f} | "
-                     f"{res['ppc_fcd_ks'][i]:.2f} / {res['grid_fcd_ks'][i]:.2f} | {res['sc_fc_r'][i]:.3f} | "
-                     f"{res['ood_score'][i]:.2f} ({'yes' if res['ood_flag'][i] else 'no'}) | {mean} |")
+                     f"{plain:.3f} ({plain - res['grid_best_r'][i]:+.3f}) | "
+                     f"{res['ppc_fcd_ks'][i]:.2f} / {res['ppc_fcd_ks_plain'][i]:.2f} / {res['grid_fcd_ks'][i]:.2f} | "
+                     f"{res['sc_fc_r'][i]:.3f} | "
+                     f"{res['ood_score'][i]:.2f} ({'yes' if res['ood_flag'][i] else 'no'}) | {res['ess'][i]:.1f} | "
+                     f"{mean}; {mean_plain} | {mis} |")
     n = len(res["subjects"])
     bmsbi_total = res["bank_s"] + res["train_s"] + res["infer_s"]
     grid_one = res["grid_s"] + res["reseed_s"] / n
     lines += ["",
               f"Wall times: bank {res['bank_s']:.0f} s, NPE training {res['train_s']:.0f} s "
               f"({res['epochs']} epochs), inference of all {n} subjects in one call "
-              f"{res['infer_s'] * 1000:.0f} ms; posterior-predictive simulations "
-              f"{res['ppc_s']:.0f} s. Grid search: {res['grid_s']:.0f} s for the grid, "
+              f"{res['infer_s'] * 1000:.0f} ms robust, {res['infer_s_plain'] * 1000:.0f} ms plain; "
+              f"posterior-predictive simulations {res['ppc_s']:.0f} s (robust). Grid search: {res['grid_s']:.0f} s for the grid, "
               f"{res['reseed_s'] / n:.1f} s of re-seeds per subject, so one subject costs "
               f"{grid_one:.0f} s and {n} separate grid searches {n * grid_one:.0f} s, against "
               f"{bmsbi_total:.0f} s for bmsbi's bank + training + inference of all {n} "

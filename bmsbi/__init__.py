@@ -14,7 +14,7 @@ from .prior import Prior
 from .recording import Recording, RecordingSpec, RecordingWarning, read_recording
 from .trials import Trials
 from .bank import Bank, simulate_bank, simulate_at
-from . import engine, summaries, embeddings, diagnostics, plotting, ood
+from . import engine, summaries, embeddings, diagnostics, plotting, ood, robust
 from .posterior import Posterior, DirectPosterior, Inference, OutOfDistributionWarning, load_posterior
 from .estimators import NPE, NLE, NRE, MCMCPosterior
 from .sequential import SequentialNPE
@@ -53,5 +53,5 @@ if "brainmass" in _sys.modules:
 
 __all__ = ["Prior", "Recording", "RecordingSpec", "RecordingWarning", "read_recording", "Trials", "Bank", "simulate_bank", "simulate_at", "NPE", "NLE", "NRE", "SequentialNPE", "Posterior", "DirectPosterior",
            "MCMCPosterior", "ModelComparison", "load_model_comparison", "comparison", "Inference", "OutOfDistributionWarning", "load_posterior", "Trainer", "TrainingHistory", "EarlyStopping", "ModelCheckpoint", "tasks", "discovery",
-           "datasets", "engine", "summaries", "embeddings", "diagnostics", "plotting", "ood",
+           "datasets", "engine", "summaries", "embeddings", "diagnostics", "plotting", "ood", "robust",
            "enable_compilation_cache", "__version__"]

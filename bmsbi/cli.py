@@ -376,6 +376,8 @@ _OUT_FORMATS = ("csv", "json", "npz")
 
 
 def cmd_infer(args) -> None:
+    import numpy as np
+
     import bmsbi
 
     fmt = args.format
@@ -409,7 +411,8 @@ def cmd_infer(args) -> None:
         warnings.simplefilter("ignore", bmsbi.OutOfDistributionWarning)
         warnings.simplefilter("ignore", bmsbi.RecordingWarning)
         try:
-            result = posterior.infer(_key(args.seed), batch, args.num_samples, long=args.long)
+            result = posterior.infer(_key(args.seed), batch, args.num_samples, long=args.long,
+                                     robust=args.robust)
         except ValueError as exc:
             raise CLIError(_first_line(exc).replace("pass long='epochs'", "pass --long epochs")) from None
     for w in dict.fromkeys(_first_line(w.message) for w in caught):
@@ -423,6 +426,12 @@ def cmd_infer(args) -> None:
     for label, done in zip(labels, result.corrections):
         if done:
             print(f"bmsbi infer: note: {label}: {'; '.join(done)}", file=sys.stderr)
+    if result.misfit is not None:
+        for i, label in enumerate(labels):
+            if np.isfinite(result.ess[i]):
+                worst = ", ".join(f"{n} {v:+.1f}" for n, v in result.misfits(i, top=3))
+                print(f"bmsbi infer: robust: {label}: matched {result.ess[i]:.1f} effective simulations; "
+                      f"largest misfits (training sds): {worst}", file=sys.stderr)
     print(result.table(labels=labels))
     if args.out is not None:
         _write_inference(result, labels, Path(args.out), fmt, args.posterior)
@@ -430,9 +439,10 @@ def cmd_infer(args) -> None:
     flagged = [lab for lab, f in zip(labels, result.flagged) if f]
     if flagged:
         shown = ", ".join(flagged[:5]) + (" ..." if len(flagged) > 5 else "")
+        why = ("robust inference matched them on the features the model reproduces" if args.robust
+               else "their posteriors should not be trusted; --robust matches them instead of extrapolating")
         print(f"bmsbi infer: warning: {len(flagged)} of {len(labels)} recordings are out of distribution "
-              f"(unlike every training simulation; their posteriors should not be trusted): {shown}",
-              file=sys.stderr)
+              f"(unlike every training simulation; {why}): {shown}", file=sys.stderr)
         if args.fail_on_ood:
             raise _Exit(3)
 
@@ -724,6 +734,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="format of --out (default: from its suffix); the file is written at exactly "
                           "the path given, and a suffix .csv/.json/.npz that contradicts --format is "
                           "refused")
+    inf.add_argument("--robust", nargs="?", type=float, const=True, default=False, metavar="SCALE",
+                     help="robust inference for recordings the model cannot fully reproduce: the posterior "
+                          "is the mixture of the network's posteriors at the training simulations that match "
+                          "each recording under a heavy-tailed error per feature (Cauchy SCALE in training "
+                          "sds, default 0.5); prints the features that do not match (NPE posteriors)")
     inf.add_argument("--seed", type=int, default=0)
     inf.add_argument("--fail-on-ood", action="store_true",
                      help="exit with status 3 when any recording is out of distribution")

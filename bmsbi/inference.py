@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from ._checks import check_positive_int
+
 __all__ = ["Inference", "OutOfDistributionWarning", "ood_message"]
 
 
@@ -20,14 +22,22 @@ class OutOfDistributionWarning(UserWarning):
     """An observation or recording lies outside the simulations the posterior was trained on."""
 
 
-def ood_message(flagged, ood) -> str:
-    """The warning text naming the ``flagged`` rows (bool ``(m,)``); ``ood`` the reference or ``None``."""
+def ood_message(flagged, ood, robust: bool = False) -> str:
+    """The warning text naming the ``flagged`` rows (bool ``(m,)``); ``ood`` the reference or ``None``.
+
+    ``robust``: the posteriors came from robust inference (:mod:`bmsbi.robust`), which
+    does not extrapolate but rests on the features the model could match.
+    """
     idx = np.flatnonzero(flagged)
     shown = ", ".join(map(str, idx[:10])) + (" ..." if len(idx) > 10 else "")
     rate = "" if ood is None else f" (false-alarm rate {ood.alpha:g} for simulated data)"
-    return (f"{len(idx)} of {len(flagged)} recordings are out of distribution [{shown}]: unlike every "
-            f"simulation the posterior was trained on{rate}; their posteriors extrapolate and should "
-            "not be trusted")
+    head = (f"{len(idx)} of {len(flagged)} recordings are out of distribution [{shown}]: unlike every "
+            f"simulation the posterior was trained on{rate}; ")
+    if robust:
+        return head + ("robust inference matched them to the simulations they resemble on the "
+                       "features the model reproduces; Inference.misfits(row) lists the features it "
+                       "does not")
+    return head + "their posteriors extrapolate and should not be trusted"
 
 
 @dataclasses.dataclass
@@ -57,6 +67,15 @@ class Inference:
         Per row, what was done to its recording before inference (read-time
         conversions, resampling, channel reordering, the epoch and the seconds dropped,
         flat channels); empty when it was used as given. :meth:`report` lists them.
+    ess : numpy array ``(m,)`` or None
+        Robust inference only (``infer(..., robust=True)``, :mod:`bmsbi.robust`): the
+        effective number of training simulations behind each posterior.
+    misfit : numpy array ``(m, features)`` or None
+        Robust inference only: per feature, how far the recording is from the
+        simulations it was matched to, in training standard deviations (signed:
+        recording minus simulations). :meth:`misfits` lists the largest.
+    feature_names : list of str or None
+        Names of the summary's features, where the posterior's summary gives them.
     """
 
     samples: np.ndarray
@@ -68,6 +87,9 @@ class Inference:
     labels: list | None = None
     source: np.ndarray | None = None
     corrections: list | None = None
+    ess: np.ndarray | None = None
+    misfit: np.ndarray | None = None
+    feature_names: list | None = None
 
     def __post_init__(self):
         m = len(self.samples)
@@ -81,6 +103,29 @@ class Inference:
         Empty when every recording was used as given.
         """
         return "\n".join(f"{lab}: " + "; ".join(c) for lab, c in zip(self.labels, self.corrections) if c)
+
+    def misfits(self, row: int = 0, top: int = 5) -> list:
+        """The ``top`` features of recording ``row`` farthest from its matched simulations.
+
+        A list of ``(feature name, misfit in training standard deviations)``, largest
+        ``|misfit|`` first; needs a robust inference (``infer(..., robust=True)``).
+
+        Example
+        -------
+        >>> res = post.infer(key, recordings, robust=True)   # doctest: +SKIP
+        >>> res.misfits(0, top=2)                             # doctest: +SKIP
+        [('acf_lag8', 3.1), ('fc_eig2', -2.4)]
+        """
+        if self.misfit is None:
+            raise ValueError("row: this Inference holds no misfit; run infer(..., robust=True)")
+        if isinstance(row, (bool, np.bool_)) or not isinstance(row, (int, np.integer)) \
+                or not -len(self) <= row < len(self):
+            raise ValueError(f"row: expected an index into {len(self)} rows, got {row!r}")
+        top = check_positive_int(top, "top")
+        m = np.asarray(self.misfit[row], np.float64)
+        names = self.feature_names or [f"feature {j}" for j in range(m.size)]
+        order = np.argsort(-np.where(np.isnan(m), -1.0, np.abs(m)), kind="stable")[:top]
+        return [(names[j], float(m[j])) for j in order]
 
     def mean(self) -> np.ndarray:
         """Posterior means ``(m, d)``."""

@@ -62,10 +62,14 @@ class OODReference:
         Neighbours averaged.
     alpha : float
         False-alarm rate the flag is set for.
+    matching : array ``(r2, f)`` or None
+        Standardised, unprojected training rows (up to 4,096) for robust inference
+        (:mod:`bmsbi.robust`); ``None`` for projected observations and older files.
     """
 
-    def __init__(self, reference, mean, std, calibration, *, k: int, alpha: float):
+    def __init__(self, reference, mean, std, calibration, *, k: int, alpha: float, matching=None):
         self.reference = np.asarray(reference, np.float32)
+        self.matching = None if matching is None else np.asarray(matching, np.float32)
         self.mean = np.asarray(mean, np.float32).reshape(-1)
         self.std = np.asarray(std, np.float32).reshape(-1)
         self.calibration = np.sort(np.asarray(calibration, np.float64).reshape(-1))
@@ -79,6 +83,8 @@ class OODReference:
         if self.reference.shape[1] != min(self.mean.size, _MAX_FEATURES):
             raise ValueError(f"reference: {self.reference.shape[1]} columns do not fit {self.mean.size} "
                              "features")
+        if self.matching is not None and (self.matching.ndim != 2 or self.matching.shape[1] != self.mean.size):
+            raise ValueError(f"matching: expected (r, {self.mean.size}) rows, got {self.matching.shape}")
         if self.calibration.size < 2 or not np.isfinite(self.calibration).all():
             raise ValueError("calibration: expected at least 2 finite distances")
         if not 0 < self.alpha < 1:
@@ -88,7 +94,7 @@ class OODReference:
     # ------------------------------------------------------------------ build
     @classmethod
     def fit(cls, x, *, seed: int = 0, k: int = 5, alpha: float = 1e-3, num_reference: int = 1000,
-            num_calibration: int = 2000):
+            num_calibration: int = 2000, num_matching: int = 4096):
         """Reference and calibration sets drawn (disjointly) from the training rows ``x``.
 
         Parameters
@@ -100,6 +106,10 @@ class OODReference:
         k, alpha : see the class.
         num_reference, num_calibration : int
             Caps on the two sets; with fewer rows, half of them are the reference.
+        num_matching : int
+            Cap on the training rows kept (z-scored, not projected) for robust
+            inference (:mod:`bmsbi.robust`); none are kept for observations of more
+            than 256 entries.
 
         Returns
         -------
@@ -129,7 +139,18 @@ class OODReference:
         reference = z[ref_rows] if proj is None else z[ref_rows] @ proj
         cal = z[cal_rows] if proj is None else z[cal_rows] @ proj
         calibration = _knn_distance(cal, reference, k)
-        return cls(reference, mean, std, calibration, k=k, alpha=alpha)
+        matching = z[order[:num_matching]] if proj is None else None
+        return cls(reference, mean, std, calibration, k=k, alpha=alpha, matching=matching)
+
+    @property
+    def matching_rows(self):
+        """Z-scored training rows for robust inference, or ``None`` (projected observations).
+
+        The ``matching`` rows when stored, else (older files) the reference rows.
+        """
+        if self._projection is not None:
+            return None
+        return self.reference if self.matching is None else self.matching
 
     # ------------------------------------------------------------------ score
     def features(self, x) -> np.ndarray:
@@ -172,16 +193,23 @@ class OODReference:
     # ------------------------------------------------------------------ files
     def to_file(self) -> tuple[dict, dict]:
         """``(header entries, arrays)`` for a posterior file."""
-        return ({"k": self.k, "alpha": self.alpha},
-                {"ood_reference": self.reference, "ood_mean": self.mean, "ood_std": self.std,
-                 "ood_calibration": self.calibration.astype(np.float32)})
+        arrays = {"ood_reference": self.reference, "ood_mean": self.mean, "ood_std": self.std,
+                  "ood_calibration": self.calibration.astype(np.float32)}
+        if self.matching is not None:
+            arrays["ood_matching"] = self.matching
+        return {"k": self.k, "alpha": self.alpha}, arrays
 
     @classmethod
     def from_file(cls, entries: dict, arrays: dict) -> "OODReference":
-        """Inverse of :meth:`to_file`; ``ValueError`` when arrays or settings are missing."""
+        """Inverse of :meth:`to_file`; ``ValueError`` when arrays or settings are missing.
+
+        Files written before robust inference hold no ``matching`` rows: the reference
+        rows serve instead (see :attr:`matching_rows`).
+        """
         try:
             return cls(arrays["ood_reference"], arrays["ood_mean"], arrays["ood_std"],
-                       arrays["ood_calibration"], k=int(entries["k"]), alpha=float(entries["alpha"]))
+                       arrays["ood_calibration"], k=int(entries["k"]), alpha=float(entries["alpha"]),
+                       matching=arrays.get("ood_matching"))
         except (KeyError, TypeError) as err:
             raise ValueError(f"path: the file's out-of-distribution reference is incomplete ({err})") from None
 

@@ -49,6 +49,7 @@ from .inference import Inference, OutOfDistributionWarning, ood_message
 from .observations import finite_rows, observations, ood_scores, prepare, raw_observations
 from .prior import Prior, as_prior
 from .recording import Recording, RecordingSpec, RecordingWarning
+from .robust import check_robust, draw_rows, match
 from .xtransform import XTransform
 
 __all__ = ["Posterior", "DirectPosterior", "Inference", "OutOfDistributionWarning", "load_posterior",
@@ -156,6 +157,9 @@ class Posterior:
     """
 
     normalized = True
+    # Whether robust inference (bmsbi.robust) is offered: it draws once per matched
+    # simulation, cheap for a direct sampler (NPE), not for MCMC.
+    robust_sampling = False
     # Whether the posterior sums a per-trial log-likelihood over any number of trials
     # (NLE / NRE); NPE takes trials only when trained on a bank with trials (config["trials"]).
     sums_trials = False
@@ -332,7 +336,7 @@ class Posterior:
 
 
     # ------------------------------------------------------------------ public
-    def sample(self, key, x_obs, num_samples: int = 1000, *, long: str = "refuse") -> jax.Array:
+    def sample(self, key, x_obs, num_samples: int = 1000, *, long: str = "refuse", robust=False) -> jax.Array:
         """Posterior samples for one observation or a batch of observations.
 
         Parameters
@@ -349,6 +353,12 @@ class Posterior:
         long : {"refuse", "epochs"}
             A recording longer than trained: refused, or split into whole epochs (a
             batch, one row per epoch); see :meth:`infer`.
+        robust : bool or float
+            Robust inference (:mod:`bmsbi.robust`): draws from the mixture of the
+            posteriors at the stored training simulations that match each observation
+            under a heavy-tailed error per feature, instead of conditioning on the
+            observation itself. ``True`` uses the default Cauchy scale; a float sets it
+            (in training standard deviations). :meth:`infer` also reports the misfit.
 
         Returns
         -------
@@ -363,11 +373,50 @@ class Posterior:
         """
         key = as_key(key)
         num_samples = check_positive_int(num_samples, "num_samples")
-        x, batched = observations(self, x_obs, warn_ood=True, long=long)
+        scale = check_robust(robust)
+        x, batched = observations(self, x_obs, warn_ood=scale is None, long=long)
         self._check_budget(len(x), num_samples)
-        out = self._sampled(key, x, num_samples)
-        self._check_draws(out, num_samples)
+        if scale is not None:
+            out = jnp.asarray(self._robust_sampled(key, x, num_samples, scale)[0])
+        else:
+            out = self._sampled(key, x, num_samples)
+            self._check_draws(out, num_samples)
         return out if batched else out[0]
+
+    def _robust_sampled(self, key, x, num_samples: int, scale: float):
+        """``(samples (m, n, d), ess (m,), misfit (m, f))`` of the robust mixture for observations ``x``."""
+        if not self.robust_sampling:
+            raise ValueError(f"robust: needs a posterior that samples directly (NPE); a {type(self).__name__} "
+                             "would run one MCMC chain per matched simulation")
+        rows = None if self.ood is None else self.ood.matching_rows
+        if rows is None:
+            why = ("it has no stored training summaries (trained on fewer than 100 simulations)"
+                   if self.ood is None else
+                   f"its observations have {self.ood.mean.size} entries (more than 256: stored projected)")
+            raise ValueError(f"robust: this posterior cannot match observations to simulations: {why}")
+        x = np.asarray(x)
+        if x.ndim != len(self.x_shape) + 1:
+            raise ValueError("robust: not available for experiments with several trials; pass robust=False")
+        z = self.ood.features(self.x_transform.apply(x))
+        w, ess, misfit = match(z, rows, scale)
+        seed = int(jax.random.randint(jax.random.fold_in(key, 1), (), 0, 2**31 - 1))
+        picks = draw_rows(np.random.default_rng(seed), w, num_samples)
+        # one network draw per mixture draw: a fixed shape (m * num_samples conditions)
+        # per call, so a served posterior compiles it once
+        which = np.stack([np.random.default_rng(seed + 1 + i).permutation(np.repeat(r, c))
+                          for i, (r, c) in enumerate(picks)]).reshape(-1)
+        need = which.size * rows.shape[1] * 4 * 4
+        avail = available_memory()
+        if avail is not None and need > avail:
+            raise ValueError(f"num_samples: robust inference conditions one draw on each of {which.size} "
+                             f"matched simulations, about {format_bytes(need)} of memory, but "
+                             f"{format_bytes(avail)} is available; draw fewer or pass fewer recordings")
+        sims = rows[which].astype(np.float64) * self.ood.std + self.ood.mean
+        xs = self.x_transform.invert(sims.reshape(which.size, *self.x_shape).astype(np.float32))
+        draws = np.asarray(self._sampled(key, xs, 1))
+        self._check_draws(draws, 1)
+        out = draws.reshape(len(x), num_samples, self.dim)
+        return out, ess, misfit
 
     @property
     def recording_spec(self) -> RecordingSpec | None:
@@ -432,7 +481,8 @@ class Posterior:
         s = ood_scores(self, prepared.x)
         return s if prepared.batched else s[0]
 
-    def infer(self, key, recordings, num_samples: int = 1000, *, long: str = "refuse") -> Inference:
+    def infer(self, key, recordings, num_samples: int = 1000, *, long: str = "refuse",
+              robust=False) -> Inference:
         """Amortized inference on new recordings, each with an out-of-distribution flag.
 
         Recordings are fitted to :attr:`recording_spec`, every change recorded in
@@ -465,6 +515,15 @@ class Posterior:
             names the options) or, with ``"epochs"``, split into whole epochs of the
             trained length, each a row of the result (:attr:`Inference.source` says
             which recording each row came from; the dropped tail is reported).
+        robust : bool or float
+            Robust inference for recordings the model cannot fully reproduce
+            (:mod:`bmsbi.robust`): the posterior is the mixture of the network's
+            posteriors at the stored training simulations that match the recording
+            under a heavy-tailed (Cauchy) error per feature, so features no simulation
+            reaches are down-weighted instead of extrapolated. ``True``: default scale;
+            a float: the Cauchy scale in training standard deviations. The result then
+            holds :attr:`Inference.ess` and :attr:`Inference.misfit` (per feature, how
+            far the recording is from the simulations it matched).
 
         Returns
         -------
@@ -486,6 +545,7 @@ class Posterior:
         """
         key = as_key(key)
         num_samples = check_positive_int(num_samples, "num_samples")
+        scale = check_robust(robust)
         prepared = raw_observations(self, recordings, "recordings", long=long)
         x = prepared.x
         self._check_budget(len(x), num_samples)
@@ -501,16 +561,27 @@ class Posterior:
                           "100 or more to get them", OutOfDistributionWarning, stacklevel=2)
         flagged = ~finite | (score > 1.0)
         samples = np.full((len(x), num_samples, self.dim), np.nan, np.float32)
+        ess = misfit = feature_names = None
+        if scale is not None:
+            ess = np.full(len(x), np.nan)
+            misfit = np.full((len(x), math.prod(self.x_shape)), np.nan)
+            if self.summary is not None and self.recording_shape is not None:
+                feature_names = self.summary.feature_names(self.recording_shape[1])
         if finite.any():
-            got = self._sampled(key, x[finite], num_samples)
-            self._check_draws(got, num_samples)
+            if scale is not None:
+                got, ess[finite], misfit[finite] = self._robust_sampled(key, x[finite], num_samples, scale)
+            else:
+                got = self._sampled(key, x[finite], num_samples)
+                self._check_draws(got, num_samples)
             samples[finite] = np.asarray(got)
         if flagged.any():
-            warnings.warn(ood_message(flagged, self.ood), OutOfDistributionWarning, stacklevel=2)
+            warnings.warn(ood_message(flagged, self.ood, robust=scale is not None), OutOfDistributionWarning,
+                          stacklevel=2)
         return Inference(samples=samples, x=x, ood_score=np.asarray(score, np.float64),
                          ood_pvalue=np.asarray(pvalue, np.float64), flagged=flagged,
                          names=self.names, labels=prepared.labels, source=prepared.sources,
-                         corrections=prepared.corrections)
+                         corrections=prepared.corrections, ess=ess, misfit=misfit,
+                         feature_names=feature_names)
 
     def log_prob(self, theta, x_obs, *, long: str = "refuse") -> jax.Array:
         """Posterior log density ``log q(theta | x_obs)``.
@@ -768,6 +839,8 @@ class DirectPosterior(Posterior):
     divides by the accepted mass, estimated from 4,096 flow draws per observation with
     a fixed key.
     """
+
+    robust_sampling = True
 
     def __init__(self, model, *, prior, x_shape, stats: dict, config: dict,
                  history: History | None = None, training: dict | None = None,

@@ -172,6 +172,14 @@ class XTransform:
 
         return jnp.where(mask, jnp.log(jnp.where(mask, x, 1.0)), x)
 
+    def invert(self, x) -> np.ndarray:
+        """Inverse of :meth:`apply` (NumPy): ``exp`` of the log-space features of ``x (..., *x_shape)``."""
+        x = np.asarray(x)
+        if not self.active:
+            return x
+        mask = np.asarray(self.log).reshape(self.x_shape)
+        return np.where(mask, np.exp(np.where(mask, x, 0.0)), x).astype(x.dtype)
+
     def mappable(self, x) -> np.ndarray:
         """Bool ``(m,)`` for ``x (m, ...)``: rows with no log-space feature ``<= 0`` (NaN ignored)."""
         x = np.asarray(x)

@@ -311,3 +311,22 @@ def test_demo_replaces_its_own_stale_bank_and_keeps_other_folders(tmp_path, caps
     (tmp_path / "mine" / "bank" / "notes.txt").write_text("mine")
     assert main(["demo", "--out", str(tmp_path / "mine"), "--num-simulations", "300", "--quiet"]) == 2
     assert (tmp_path / "mine" / "bank" / "notes.txt").read_text() == "mine"
+
+
+def test_infer_robust_reports_misfits_and_does_not_pin_a_foreign_recording_to_the_box(files, tmp_path, capsys):
+    """``--robust``: a 50 Hz sine (unlike every simulation) gets draws from matched simulations,
+    not the plain network's extrapolation clipped to the prior's bounds, and its misfits named."""
+    code, out, err = run(capsys, "infer", files / "post.bmsbi", files / "rec.npy", files / "sine.npy",
+                         "--num-samples", 200, "--robust", "--out", tmp_path / "rob.npz")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    robust = [w for w in lines if w.startswith("bmsbi infer: robust: ")]
+    assert len(robust) == 2 and "sine.npy: matched" in robust[1] and "largest misfits" in robust[1]
+    assert any("out of distribution" in w and "robust inference matched them" in w for w in lines)
+    assert not any("lie exactly on the prior's bounds" in w for w in lines)
+    res = np.load(tmp_path / "rob.npz")
+    lo, hi = TASK.prior.bounds()
+    on_bounds = np.isclose(res["samples"][1], lo) | np.isclose(res["samples"][1], hi)
+    assert on_bounds.mean() < 0.05
+    line = one_error_line(capsys, "infer", files / "post.bmsbi", files / "rec.npy", "--robust", "-1")
+    assert "robust: expected False, True or a positive" in line

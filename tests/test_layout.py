@@ -42,7 +42,7 @@ LAYERS = [
      {"bmsbi._checks", "bmsbi._version", "bmsbi.io", "bmsbi.cache"}),
     ("inputs: prior, summaries, recordings, trials, OOD reference, embeddings, data",
      {"bmsbi.prior", "bmsbi.summaries", "bmsbi.recording", "bmsbi.trials", "bmsbi.ood", "bmsbi.misspecification",
-      "bmsbi.embeddings", "bmsbi.tasks", "bmsbi.datasets", "bmsbi.xtransform"}),
+      "bmsbi.robust", "bmsbi.embeddings", "bmsbi.tasks", "bmsbi.datasets", "bmsbi.xtransform"}),
     ("simulation and training: bank, the training engine, trainer, MCMC",
      {"bmsbi.bank", "bmsbi.engine", "bmsbi.trainer", "bmsbi.mcmc"}),
     ("posterior base: posterior, observations, inference results, ArviZ export",
