@@ -84,6 +84,13 @@ def test_apply_and_check():
     with pytest.raises(ValueError, match=r"recordings: feature 2 \(index \(1, 0\) of x_shape \(2, 2\)\) is 0"):
         grid.check(np.array([[1.0, 1.0], [0.0, 1.0]]), "recordings")
 
+    # invert (robust inference maps stored training rows back to observations): exp where log
+    x = np.array([[100.0, -3.0], [0.25, 2.0]], np.float32)
+    back = t.invert(t.apply(x))
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, x, rtol=1e-6)
+    np.testing.assert_array_equal(XTransform.identity((2,)).invert(x), x)
+
 
 def test_dict_round_trip_and_files_before_transforms():
     t = XTransform((True, False, True), (3,), "auto")
