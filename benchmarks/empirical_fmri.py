@@ -149,11 +149,11 @@ def run_dataset(name: str, args) -> dict:
         samples = np.asarray(res.samples)  # (m, n, d)
         out["posterior_mean" + tag] = samples.mean(axis=1).tolist()
         out["posterior_sd" + tag] = samples.std(axis=1).tolist()
-        if robust:
+        if robust:  # the OOD scores are the same for both
             out["ess"] = np.asarray(res.ess).tolist()
             out["misfits"] = [res.misfits(i, top=3) for i in range(len(recs))]
-        out["ood_score"] = np.asarray(res.ood_score).tolist()
-        out["ood_flag"] = np.asarray(res.flagged).tolist()
+            out["ood_score"] = np.asarray(res.ood_score).tolist()
+            out["ood_flag"] = np.asarray(res.flagged).tolist()
         t0 = time.perf_counter()
         out["ppc_fc_r" + tag], out["ppc_fcd_ks" + tag] = posterior_predictive(task, samples, emp_fc, emp_fcd,
                                                                               args)

@@ -291,9 +291,13 @@ class Posterior:
         k = self.config.get("trials")
         return None if k is None else int(k)
 
-    def _check_budget(self, m: int, num_samples: int, arg: str = "num_samples") -> None:
-        """Refuse ``m x num_samples`` draws that cannot fit in memory (the sampler keeps a few copies)."""
-        need = 4 * m * num_samples * max(self.dim, 1) * 4
+    def _check_budget(self, m: int, num_samples: int, arg: str = "num_samples", extra: int = 0) -> None:
+        """Refuse ``m x num_samples`` draws that cannot fit in memory (the sampler keeps a few copies).
+
+        ``extra``: further float32 entries held per draw (robust inference: the matched
+        simulation each draw is conditioned on).
+        """
+        need = 4 * m * num_samples * (max(self.dim, 1) + extra) * 4
         avail = available_memory()
         if num_samples >= 2**31 or (avail is not None and need > avail):
             have = "" if avail is None else f", but {format_bytes(avail)} is available"
@@ -405,12 +409,7 @@ class Posterior:
         # per call, so a served posterior compiles it once
         which = np.stack([np.random.default_rng(seed + 1 + i).permutation(np.repeat(r, c))
                           for i, (r, c) in enumerate(picks)]).reshape(-1)
-        need = which.size * rows.shape[1] * 4 * 4
-        avail = available_memory()
-        if avail is not None and need > avail:
-            raise ValueError(f"num_samples: robust inference conditions one draw on each of {which.size} "
-                             f"matched simulations, about {format_bytes(need)} of memory, but "
-                             f"{format_bytes(avail)} is available; draw fewer or pass fewer recordings")
+        self._check_budget(len(x), num_samples, extra=rows.shape[1])
         sims = rows[which].astype(np.float64) * self.ood.std + self.ood.mean
         xs = self.x_transform.invert(sims.reshape(which.size, *self.x_shape).astype(np.float32))
         draws = np.asarray(self._sampled(key, xs, 1))
