@@ -70,20 +70,26 @@ def main(argv=None):
     t0 = time.perf_counter()
     post = seq.fit(task, None, x_obs, key=jax.random.key(args.seed + 1), progress=not args.quiet)
     fit_s = time.perf_counter() - t0
-    res = post.infer(jax.random.key(args.seed + 2), [rec], args.samples)
-    samples = np.asarray(res.samples)  # (1, n, d)
-    t0 = time.perf_counter()
-    (r,), (ks,) = ef.posterior_predictive(task, samples, [emp_fc], [emp_fcd], args)
-    ppc_s = time.perf_counter() - t0
+
+    def checked(robust):
+        """The posterior at the recording (plain or robust), its posterior-predictive FC r and FCD KS,
+        and the seconds of the posterior-predictive simulations."""
+        res = post.infer(jax.random.key(args.seed + 2), [rec], args.samples, robust=robust)
+        samples = np.asarray(res.samples)  # (1, n, d)
+        t0 = time.perf_counter()
+        (r,), (ks,) = ef.posterior_predictive(task, samples, [emp_fc], [emp_fcd], args)
+        return res, samples, r, ks, time.perf_counter() - t0
+
+    def listed(values):
+        return ", ".join(f"{v:.3g}" for v in values)
+
+    res, samples, r, ks, ppc_s = checked(False)
     if args.robust:  # the same network, the posterior mixed over the matched training simulations
-        res_rb = post.infer(jax.random.key(args.seed + 2), [rec], args.samples, robust=True)
-        samples_rb = np.asarray(res_rb.samples)
-        (r_rb,), (ks_rb,) = ef.posterior_predictive(task, samples_rb, [emp_fc], [emp_fcd], args)
+        res_rb, samples_rb, r_rb, ks_rb, _ = checked(True)
 
     total = args.rounds * args.simulations_per_round
     ref = AMORTIZED_R[args.subject]
-    mean = ", ".join(f"{v:.3g}" for v in samples[0].mean(0))
-    sd = ", ".join(f"{v:.3g}" for v in samples[0].std(0))
+    mean, sd = listed(samples[0].mean(0)), listed(samples[0].std(0))
     md = "\n".join([
         "| method | simulations | post.-pred. FC r (median of draws) | FCD KS | posterior mean G, a, sigma "
         "| posterior sd | OOD score (flag) |",
@@ -95,8 +101,7 @@ def main(argv=None):
     ] + ([
         f"| TSNPE {args.rounds} × {args.simulations_per_round}, robust inference (ESS "
         f"{float(np.asarray(res_rb.ess)[0]):.1f}) | {total} | {r_rb:.3f} | {ks_rb:.2f} | "
-        f"{', '.join(f'{v:.3g}' for v in samples_rb[0].mean(0))} | "
-        f"{', '.join(f'{v:.3g}' for v in samples_rb[0].std(0))} | |"] if args.robust else []))
+        f"{listed(samples_rb[0].mean(0))} | {listed(samples_rb[0].std(0))} | |"] if args.robust else []))
     met = abs(r - ref) <= 0.01 and 4 * total <= AMORTIZED_SIMULATIONS
     notes = [
         f"Subject {args.subject}; {args.draws} of {args.samples} posterior draws simulated (empirical_fmri.py's "
