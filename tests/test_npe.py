@@ -83,19 +83,103 @@ def test_map_finds_the_mode(gl2):
     np.testing.assert_allclose(found, mean, atol=0.15 * sd)
 
 
-@pytest.fixture(scope="module", params=["auto", "unconstrained"])
+def edge_problem(n, seed):
+    """theta ~ U([0, 1] x [-1, 1]), x ~ N(theta, 0.3^2 I): the posterior piles up at the box's edges."""
+    prior = bmsbi.Prior.uniform([0.0, -1.0], [1.0, 1.0], names=["g", "h"])
+    theta = np.asarray(prior.sample(jax.random.key(seed), n))
+    x = theta + 0.3 * np.random.default_rng(seed).normal(size=theta.shape)
+    return prior, bmsbi.Bank(theta, x.astype(np.float32), names=prior.names)
+
+
+def edge_problem_log_posterior(theta, x):
+    """Exact log density of :func:`edge_problem`'s posterior: a product of truncated normals."""
+    from scipy.stats import norm
+    lo, hi = np.array([0.0, -1.0]), np.array([1.0, 1.0])
+    mass = norm.cdf((hi - x) / 0.3) - norm.cdf((lo - x) / 0.3)
+    return np.sum(norm.logpdf(theta, x, 0.3) - np.log(mass), axis=-1)
+
+
+@pytest.fixture(scope="module", params=["auto", "unconstrained", "edge"])
 def box(request):
     # Narrow box with the likelihood piling mass on its edge. "auto" (default): the flow
     # models the Uniform parameters in their own coordinates and rejects draws outside
-    # the box, dividing its density by the mass inside; "unconstrained": through a logit.
-    prior = bmsbi.Prior.uniform([0.0, -1.0], [1.0, 1.0], names=["g", "h"])
-    theta = np.asarray(prior.sample(jax.random.key(0), 3000))
-    x = theta + 0.3 * np.random.default_rng(0).normal(size=theta.shape)
-    bank = bmsbi.Bank(theta, x.astype(np.float32), names=prior.names)
-    post = NPE(hidden=16, num_layers=3, max_epochs=30, theta_space=request.param).fit(
-        bank, prior=prior, key=jax.random.key(3), progress=False)
-    assert post.config["theta_space"] == request.param
+    # the box, dividing its density by the mass inside; "unconstrained": through a logit;
+    # "edge": "auto" with the box-edge spline (NPE(edge_spline=True)).
+    prior, bank = edge_problem(3000, 0)
+    space = "auto" if request.param == "edge" else request.param
+    post = NPE(hidden=16, num_layers=3, max_epochs=30, theta_space=space,
+               edge_spline=request.param == "edge").fit(bank, prior=prior, key=jax.random.key(3), progress=False)
+    assert post.config["theta_space"] == space
+    assert ("edge_box" in post.config) == (request.param == "edge")
     return prior, post
+
+
+def test_the_edge_spline_brings_the_flow_closer_to_a_posterior_cut_by_the_box():
+    # KL(p || q) estimated on 2,000 fresh (theta, x) pairs against the exact posterior,
+    # the same bank, keys and settings with and without the box-edge spline.
+    prior, bank = edge_problem(3000, 0)
+    _, held = edge_problem(2000, 99)
+    theta, x = np.asarray(held.theta), np.asarray(held.x)
+    kl = {}
+    for edge in (False, True):
+        post = NPE(hidden=16, num_layers=3, max_epochs=30, edge_spline=edge).fit(
+            bank, prior=prior, key=jax.random.key(1), progress=False)
+        lq = np.asarray(post.log_prob(theta[:, None, :], x))[:, 0]
+        kl[edge] = float(np.mean(edge_problem_log_posterior(theta, x) - lq))
+    assert kl[True] < 0.055, kl
+    assert kl[True] < kl[False] - 0.005, kl
+
+
+def test_the_edge_spline_saves_and_loads(box, tmp_path):
+    prior, post = box
+    if "edge_box" not in post.config:
+        pytest.skip("the posterior has no box-edge spline")
+    back = bmsbi.load_posterior(post.save(tmp_path / "edge.bmsbi"))
+    assert back.config["edge_box"] == post.config["edge_box"]
+    theta = np.array([[0.02, 0.9], [0.5, 0.0], [0.97, -0.99]], np.float32)
+    x_obs = np.array([-0.1, 1.1], np.float32)
+    np.testing.assert_allclose(np.asarray(back.log_prob(theta, x_obs)), np.asarray(post.log_prob(theta, x_obs)),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(back.sample(jax.random.key(0), x_obs, 50)),
+                                  np.asarray(post.sample(jax.random.key(0), x_obs, 50)))
+
+
+def test_edge_spline_settings_are_checked():
+    for bad in (dict(edge_spline="yes"), dict(edge_spline=True, density_estimator="maf"),
+                dict(edge_spline=True, linear_init="full"), dict(edge_spline=True, theta_space="unconstrained")):
+        with pytest.raises(ValueError, match="edge_spline"):
+            NPE(**bad)
+
+
+def test_edge_spline_inverts_and_its_log_det_is_the_jacobians():
+    from bmsbi.estimators.npe import SplineCouplingStack
+    stack = SplineCouplingStack(3, 4, num_layers=2, hidden=16, num_bins=6, tail_bound=3.0,
+                                box=([-0.5, -np.inf, -2.0], [1.0, np.inf, 0.3]), key=jax.random.key(0))
+    rng = np.random.default_rng(1)
+    stack = eqx.tree_at(lambda s: (s.edge, s.weights, s.biases), stack, replace_fn=lambda t: jax.tree_util.tree_map(
+        lambda v: v + jnp.asarray(rng.normal(0, 0.2, np.shape(v)), jnp.float32), t))
+    c = jnp.asarray(rng.normal(size=4), jnp.float32)
+    y = jnp.asarray(rng.uniform(-2.5, 2.5, (500, 3)), jnp.float32)
+
+    @jax.jit
+    def check(y):
+        u, ld = jax.vmap(lambda v: stack.inverse_and_log_det(v, c))(y)
+        back, ld_back = jax.vmap(lambda v: stack.transform_and_log_det(v, c))(u)
+        jac = jax.vmap(jax.jacfwd(lambda v: stack.inverse_and_log_det(v, c)[0]))(y)
+        return back, ld, ld_back, jnp.linalg.slogdet(jac)[1]
+
+    back, ld, ld_back, ld_jac = (np.asarray(a) for a in check(y))
+    np.testing.assert_allclose(back, np.asarray(y), atol=1e-4)
+    np.testing.assert_allclose(ld, -ld_back, atol=1e-3)
+    np.testing.assert_allclose(ld, ld_jac, atol=1e-3)
+    # the box maps onto itself: the edge spline moves nothing across a bound
+    loc, scale = stack._loc_scale(c)
+    z = (y - loc) / scale
+    moved = np.asarray(jax.vmap(lambda v: stack._edge_spline(v, c, loc, scale, inverse=False)[0])(z))
+    low, high = (np.array([-0.5, -1e4, -2.0]) - loc) / scale, (np.array([1.0, 1e4, 0.3]) - loc) / scale
+    inside = lambda a: (a >= low) & (a <= high)  # noqa: E731
+    np.testing.assert_array_equal(inside(moved), inside(np.asarray(z)))
+    assert not np.allclose(moved, np.asarray(z))  # and it does move what is inside
 
 
 def test_samples_stay_inside_uniform_support(box):

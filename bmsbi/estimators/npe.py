@@ -58,8 +58,11 @@ _TARGET_STEPS = 5000
 
 def build_flow(density_estimator: str, dim: int, cond_dim: int | None, *, hidden: int,
                num_layers: int, num_bins: int, tail_bound: float, nn_depth: int, key,
-               conditional_affine: bool = False, full_covariance: bool = False):
+               conditional_affine: bool = False, full_covariance: bool = False, box=None):
     """Conditional flowjax flow over ``R^dim`` with a standard-normal base.
+
+    ``box``: ``(low, high)`` of the prior's box in the flow's coordinates, for the
+    box-edge spline of ``"nsf"`` (:class:`SplineCouplingStack`); other flows refuse it.
 
     ``full_covariance``: a fixed lower-triangular :class:`LinearMap` follows the flow on
     the data side (the identity until :func:`linear_gaussian_init` sets it to the
@@ -79,15 +82,21 @@ def build_flow(density_estimator: str, dim: int, cond_dim: int | None, *, hidden
     like ``"nsf"``): the same start as ``"nsf"`` for :func:`linear_gaussian_init`.
     """
     if full_covariance:
+        if box is not None:
+            raise ValueError("box: the box-edge spline needs axis-aligned flow coordinates; a full-covariance "
+                             "linear map (full_covariance=True) rotates them")
         flow = build_flow(density_estimator, dim, cond_dim, hidden=hidden, num_layers=num_layers,
                           num_bins=num_bins, tail_bound=tail_bound, nn_depth=nn_depth, key=key,
                           conditional_affine=conditional_affine)
         return Transformed(flow.base_dist, Chain([flow.bijection, LinearMap(np.eye(dim))]))
+    if box is not None and density_estimator != "nsf":
+        raise ValueError(f"box: the box-edge spline belongs to the 'nsf' flow, got density_estimator="
+                         f"{density_estimator!r}")
     base = StandardNormal((dim,))
     if density_estimator == "nsf":
         stack = SplineCouplingStack(dim, cond_dim, num_layers=num_layers, hidden=hidden,
                                     depth=nn_depth, num_bins=num_bins, tail_bound=tail_bound,
-                                    key=key)
+                                    box=box, key=key)
         return Transformed(base, stack)
     common = dict(base_dist=base, cond_dim=cond_dim, flow_layers=num_layers, nn_width=hidden,
                   nn_depth=nn_depth, invert=True)
@@ -128,33 +137,46 @@ def build_flow(density_estimator: str, dim: int, cond_dim: int | None, *, hidden
 
 
 _MIN_BIN = 1e-3
+_UNBOUNDED = 1e4  # an open side of the box (standardised coordinates), kept finite for gradients and files
 _MIN_DERIVATIVE = 1e-3
 _DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - _MIN_DERIVATIVE))  # softplus(0 + shift) + min = 1
 
 
-def _rq_spline(x, raw, tail_bound, inverse):
-    """Monotone rational-quadratic spline on ``[-B, B]``, identity outside (Durkan et al.).
+def _rq_spline(x, raw, low, high, inverse, free=None):
+    """Monotone rational-quadratic spline of ``[low, high]`` onto itself, identity outside (Durkan et al.).
 
-    ``x``: ``(k,)``; ``raw``: ``(k, 3K - 1)`` unnormalised bin widths, heights and inner
-    derivatives. Returns ``(y, log|dy/dx|)`` of the forward map (``inverse=False``) or
-    ``(x, log|dx/dy|)`` of its inverse.
+    ``x``: ``(k,)``; ``low``/``high``: scalars or ``(k,)`` (an empty interval leaves
+    its coordinate alone). ``raw``: ``(k, 3K - 1)`` unnormalised bin widths, heights and
+    inner derivatives, the derivative at both ends 1 (where the spline meets the
+    identity outside); or ``(k, 3K + 1)`` with the end derivatives too, used where
+    ``free`` (``(k, 2)`` bool: lower end, upper end) and 1 elsewhere. Returns
+    ``(y, log|dy/dx|)`` of the forward map (``inverse=False``) or ``(x, log|dx/dy|)``
+    of its inverse.
     """
-    num_bins = (raw.shape[-1] + 1) // 3
-    b = tail_bound
+    with_ends = raw.shape[-1] % 3 == 1
+    num_bins = (raw.shape[-1] - 1) // 3 if with_ends else (raw.shape[-1] + 1) // 3
+    low = jnp.broadcast_to(jnp.asarray(low, x.dtype), x.shape)
+    high = jnp.broadcast_to(jnp.asarray(high, x.dtype), x.shape)
+    nonempty = high - low > 1e-6
+    width = jnp.where(nonempty, high - low, 1.0)
 
     def knots(u):
         widths = _MIN_BIN + (1 - _MIN_BIN * num_bins) * jax.nn.softmax(u, axis=-1)
         cum = jnp.concatenate([jnp.zeros(u.shape[:-1] + (1,)), jnp.cumsum(widths, axis=-1)], -1)
-        return -b + 2 * b * cum.at[..., -1].set(1.0)
+        return low[:, None] + width[:, None] * cum.at[..., -1].set(1.0)
 
     xk = knots(raw[:, :num_bins])
     yk = knots(raw[:, num_bins:2 * num_bins])
-    inner = _MIN_DERIVATIVE + jax.nn.softplus(raw[:, 2 * num_bins:] + _DERIVATIVE_SHIFT)
-    ones = jnp.ones(x.shape + (1,))
-    deriv = jnp.concatenate([ones, inner, ones], axis=-1)
+    learnt = _MIN_DERIVATIVE + jax.nn.softplus(raw[:, 2 * num_bins:] + _DERIVATIVE_SHIFT)
+    if with_ends:
+        ends = jnp.where(free, learnt[:, [0, -1]], 1.0)
+        deriv = jnp.concatenate([ends[:, :1], learnt[:, 1:-1], ends[:, 1:]], axis=-1)
+    else:
+        ones = jnp.ones(x.shape + (1,))
+        deriv = jnp.concatenate([ones, learnt, ones], axis=-1)
 
-    inside = (x > -b) & (x < b)
-    xc = jnp.clip(x, -b, b)
+    inside = (x > low) & (x < high) & nonempty
+    xc = jnp.clip(x, low, low + width)
     edges = yk if inverse else xk
     k = jnp.clip(jnp.sum(xc[:, None] >= edges[:, 1:-1], axis=-1), 0, num_bins - 1)[:, None]
 
@@ -314,6 +336,16 @@ class SplineCouplingStack(AbstractBijection):
 
     Weights are drawn with NumPy from ``key`` (no XLA compilation at construction).
 
+    ``box``: ``(low, high)`` of the prior's box in these (data-side) coordinates,
+    ``(dim,)`` each, infinite where a coordinate is unbounded. With it, one more
+    elementwise spline sits between the affine map and the coupling layers, in the
+    affine map's coordinates (posterior widths around the posterior's location): on
+    the part of ``[-tail_bound, tail_bound]`` inside the box, with its end derivative
+    learnt where that end is the box's edge, so the density can rise or fall sharply
+    at the edge, and the identity elsewhere; its knots come from an MLP of the
+    condition. It maps the box onto itself, so what lies inside stays inside
+    (``NPE(edge_spline=True)``).
+
     Kept over flowjax's ``coupling_flow`` with the same start (``"flowjax_nsf"`` in
     :func:`build_flow`), which matched its accuracy and calibration on two-moons, 10-D
     Gaussian-linear and hopf_node but took longer per gradient step (most in 10-D) and
@@ -338,9 +370,12 @@ class SplineCouplingStack(AbstractBijection):
     biases: list                   # [(L, out), ...]
     affine: list                   # [(W, b), ...]: condition -> (loc, scale) of the data side
     affine_linear: jax.Array       # (cond_dim, 2 dim): linear skip of that map
+    box_low: paramax.NonTrainable | None = None    # (dim,): the box, finite (+-_UNBOUNDED where open)
+    box_high: paramax.NonTrainable | None = None
+    edge: list | None = None       # [(W, b), (W, b)]: condition -> the edge spline's knots
 
     def __init__(self, dim: int, cond_dim: int | None, *, num_layers: int = 5, hidden: int = 64,
-                 depth: int = 2, num_bins: int = 8, tail_bound: float = 4.0, key):
+                 depth: int = 2, num_bins: int = 8, tail_bound: float = 4.0, box=None, key):
         rng = _numpy_rng(key)
         self.shape = (int(dim),)
         self.cond_shape = None if cond_dim is None else (int(cond_dim),)
@@ -365,9 +400,34 @@ class SplineCouplingStack(AbstractBijection):
         # Conditional elementwise affine map on the data side: location and scale shifts
         # (the bulk of most posteriors' dependence on x) need no spline capacity.
         self.affine, self.affine_linear = _affine_init(rng, dim, cond_dim, hidden)
+        if box is not None:
+            low, high = (np.asarray(b, np.float64).reshape(-1) for b in box)
+            if low.shape != (dim,) or high.shape != (dim,) or np.any(np.isnan(low)) or np.any(np.isnan(high)) \
+                    or np.any(low >= high):
+                raise ValueError(f"box: expected (low, high) of shape ({dim},) each with low < high, got "
+                                 f"{low.tolist()} and {high.tolist()}")
+            clip = lambda b: jnp.asarray(np.clip(b, -_UNBOUNDED, _UNBOUNDED), jnp.float32)  # noqa: E731
+            self.box_low, self.box_high = paramax.NonTrainable(clip(low)), paramax.NonTrainable(clip(high))
+            fan_in = cond_dim or 0
+            w = _uniform_init(rng, fan_in, (fan_in, hidden))
+            self.edge = [(w, _uniform_init(rng, fan_in, (hidden,))),
+                         (jnp.zeros((hidden, dim * (3 * num_bins + 1))), jnp.zeros(dim * (3 * num_bins + 1)))]
 
     def _loc_scale(self, condition):
         return _affine_loc_scale(self.affine, self.affine_linear, condition, self.shape[0])
+
+    def _edge_spline(self, z, condition, loc, scale, inverse):
+        """The box-edge spline in the affine map's coordinates ``z``: ``(z', log|dz'/dz|)``."""
+        if self.edge is None:
+            return z, jnp.zeros((), z.dtype)
+        low = (paramax.unwrap(self.box_low) - loc) / scale
+        high = (paramax.unwrap(self.box_high) - loc) / scale
+        b = self.tail_bound
+        c = jnp.zeros(0) if condition is None else condition
+        (w1, b1), (w2, b2) = self.edge
+        raw = (jax.nn.relu(c @ w1 + b1) @ w2 + b2).reshape(self.shape[0], 3 * self.num_bins + 1)
+        free = jnp.stack([low > -b, high < b], axis=-1)
+        return _rq_spline(z, raw, jnp.maximum(low, -b), jnp.minimum(high, b), inverse, free=free)
 
     def _raw(self, layer, kept, condition):
         weights, biases = layer
@@ -385,12 +445,12 @@ class SplineCouplingStack(AbstractBijection):
             u = u[perm]
             kept, moved = u[: self.split], u[self.split:]
             raw = self._raw((weights, biases), kept, condition)
-            moved, ld = _rq_spline(moved, raw, self.tail_bound, inverse=False)
+            moved, ld = _rq_spline(moved, raw, -self.tail_bound, self.tail_bound, inverse=False)
             return (jnp.concatenate([kept, moved]), log_det + ld), None
 
         loc, scale = self._loc_scale(condition)
-        y = (y - loc) / scale
-        (x, log_det), _ = jax.lax.scan(step, (y, -jnp.sum(jnp.log(scale))),
+        y, log_det_edge = self._edge_spline((y - loc) / scale, condition, loc, scale, inverse=False)
+        (x, log_det), _ = jax.lax.scan(step, (y, log_det_edge - jnp.sum(jnp.log(scale))),
                                        (self.permutations, self.weights, self.biases))
         return x, log_det
 
@@ -400,7 +460,7 @@ class SplineCouplingStack(AbstractBijection):
             perm, weights, biases = layer
             kept, moved = u[: self.split], u[self.split:]
             raw = self._raw((weights, biases), kept, condition)
-            moved, ld = _rq_spline(moved, raw, self.tail_bound, inverse=True)
+            moved, ld = _rq_spline(moved, raw, -self.tail_bound, self.tail_bound, inverse=True)
             u = jnp.concatenate([kept, moved])
             return (jnp.zeros_like(u).at[perm].set(u), log_det + ld), None
 
@@ -408,7 +468,8 @@ class SplineCouplingStack(AbstractBijection):
                                        (self.permutations, self.weights, self.biases),
                                        reverse=True)
         loc, scale = self._loc_scale(condition)
-        return y * scale + loc, log_det + jnp.sum(jnp.log(scale))
+        y, log_det_edge = self._edge_spline(y, condition, loc, scale, inverse=True)
+        return y * scale + loc, log_det + log_det_edge + jnp.sum(jnp.log(scale))
 
 
 def linear_gaussian_init(flow, s_theta, cond, ridge: float = 1e-3):
@@ -697,6 +758,15 @@ class NPE:
         training; sampling draws ``num_samples / ensemble`` from every member in one
         vectorised call, and ``log_prob`` evaluates every member. Measured in
         ``benchmarks/RESULTS.md``, section "Calibration study".
+    edge_spline : bool, default False
+        For posteriors that press against a ``Uniform`` prior's bounds: one more
+        learnt elementwise spline in the ``"nsf"`` flow, between its affine map and its
+        coupling layers, whose ends sit on the prior's box in units of the posterior's
+        width, so the density can stay high up to a bound and stop there instead of
+        tapering across it (:class:`SplineCouplingStack`, ``box``). The box is stored
+        in the posterior (``config["edge_box"]``). Needs ``"nsf"``, ``theta_space="auto"``
+        and ``linear_init`` ``True`` or ``False``. Measured
+        in ``benchmarks/RESULTS.md``, section "A box-edge spline".
 
     References
     ----------
@@ -752,6 +822,7 @@ class NPE:
     x_transform: str | tuple = "auto"
     base_calibration: str = "auto"
     ensemble: int = 1
+    edge_spline: bool = False
 
     def __post_init__(self):
         self.x_transform = check_x_transform(self.x_transform)
@@ -791,6 +862,14 @@ class NPE:
         if self.base_calibration in ("scale", "coverage") and not self.validation_fraction > 0:
             raise ValueError(f"base_calibration: {self.base_calibration!r} fits on the validation rows and "
                              f"needs validation_fraction > 0, got {self.validation_fraction!r}")
+        if not isinstance(self.edge_spline, (bool, np.bool_)):
+            raise ValueError(f"edge_spline: expected True or False, got {self.edge_spline!r}")
+        if self.edge_spline and (self.density_estimator not in ("auto", "nsf") or self.linear_init == "full"
+                                 or self.theta_space == "unconstrained"):
+            raise ValueError(f"edge_spline: the box-edge spline belongs to the 'nsf' flow with box parameters in "
+                             f"their own coordinates and an axis-aligned start; got density_estimator="
+                             f"{self.density_estimator!r}, linear_init={self.linear_init!r}, theta_space="
+                             f"{self.theta_space!r}")
         if self.z_score_x not in ("auto", "independent", "structured", "none"):
             raise ValueError(f"z_score_x: expected 'auto', 'independent', 'structured' or 'none', "
                              f"got {self.z_score_x!r}")
@@ -812,7 +891,8 @@ class NPE:
                 "embedding": None if self.embedding is None else self.embedding.config(),
                 **({"conditional_affine": True} if family == "maf" else {}),
                 **({"full_covariance": True} if self.linear_init == "full" else {}),
-                **({"ensemble": int(self.ensemble)} if self.ensemble > 1 else {})}
+                **({"ensemble": int(self.ensemble)} if self.ensemble > 1 else {}),
+                **({"edge_spline": True} if self.edge_spline else {})}
 
     def training_config(self) -> dict:
         return {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
@@ -927,10 +1007,19 @@ class NPE:
                                        key=jax.random.fold_in(key, 2))
             config.update(embedding=embedding.config(), trials=int(trials))
         cond_dim = math.prod(x_shape) if embedding is None else embedding.out_dim
+        edge_box = None
+        if self.edge_spline and identity.any():
+            if config["density_estimator"] != "nsf":
+                raise ValueError(f"edge_spline: the box-edge spline belongs to the 'nsf' flow; a bank with "
+                                 f"trials gets {config['density_estimator']!r} (pass density_estimator='nsf')")
+            low, high = support_box(prior, identity, stats)
+            edge_box = (np.clip(low, -_UNBOUNDED, _UNBOUNDED), np.clip(high, -_UNBOUNDED, _UNBOUNDED))
+            config["edge_box"] = {"low": [float(v) for v in edge_box[0]], "high": [float(v) for v in edge_box[1]]}
         flow = build_flow(config["density_estimator"], prior.unconstrained_dim, cond_dim, hidden=self.hidden,
                           num_layers=self.num_layers, num_bins=self.num_bins,
                           tail_bound=self.tail_bound, nn_depth=self.nn_depth, key=k_flow,
-                          conditional_affine=True, full_covariance=bool(config.get("full_covariance")))
+                          conditional_affine=True, full_covariance=bool(config.get("full_covariance")),
+                          box=edge_box)
         model = NPEModel(flow, embedding)
         if init is not None:
             model = warm_start_model(model, init)
@@ -978,7 +1067,7 @@ class NPE:
         if not isinstance(init, DirectPosterior) or init.config.get("estimator") != "NPE":
             raise ValueError(f"init: expected a posterior from NPE.fit to start from, got {type(init).__name__}")
         ours = self.config(trials)
-        theirs = {k: v for k, v in init.config.items() if k != "base_scale"}
+        theirs = {k: v for k, v in init.config.items() if k not in ("base_scale", "edge_box")}
         if theirs != ours:
             differs = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
             raise ValueError(f"init: its architecture differs from this NPE's (in {differs}); a warm start "
@@ -1267,7 +1356,9 @@ def model_from_config(config: dict, dim: int, x_shape: tuple) -> NPEModel:
                       tail_bound=config["tail_bound"], nn_depth=config["nn_depth"],
                       key=_fixed_key(),
                       conditional_affine=bool(config.get("conditional_affine", False)),
-                      full_covariance=bool(config.get("full_covariance", False)))
+                      full_covariance=bool(config.get("full_covariance", False)),
+                      box=None if config.get("edge_box") is None else (config["edge_box"]["low"],
+                                                                      config["edge_box"]["high"]))
     model = NPEModel(flow, embedding)
     if config.get("base_scale") is not None:
         model = with_base_scale(model, config["base_scale"])
