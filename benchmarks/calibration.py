@@ -18,7 +18,8 @@ Contenders (``--contenders``): ``default`` (``bmsbi.NPE()``), ``scale``
 (``NPE(base_calibration="scale")``: the flow's base scale fitted on the validation
 rows after training), ``unconstrained`` (``NPE(theta_space="unconstrained")``: every
 parameter modelled through the prior's bijection, box parameters in logit space, so the
-flow has no mass outside the prior's support), ``ensemble3`` / ``ensemble5`` (``NPE(ensemble=3 or 5)``: the equal-weight mixture of three
+flow has no mass outside the prior's support), ``edge`` (``NPE(edge_spline=True)``: a learnt
+spline whose ends sit on the prior's box), ``ensemble3`` / ``ensemble5`` (``NPE(ensemble=3 or 5)``: the equal-weight mixture of three
 or five networks trained from different starts), ``ensemble3_scale`` / ``ensemble5_scale``
 (the same with ``base_calibration="scale"``: one base scale shared by the members, fitted on
 validation rows none of them trained on) and ``sbi`` (the sbi package's NPE with its defaults on the same
@@ -51,7 +52,7 @@ import simulators
 from bmsbi import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("default", "scale", "coverage", "unconstrained", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale", "sbi")
+CONTENDERS = ("default", "scale", "coverage", "unconstrained", "edge", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale", "sbi")
 DEFAULT_SBI_PYTHON = "/work/sbi-venv/bin/python"
 
 
@@ -119,6 +120,8 @@ def npe_for(contender: str) -> bmsbi.NPE:
         return bmsbi.NPE(base_calibration="coverage")
     if contender == "unconstrained":
         return bmsbi.NPE(theta_space="unconstrained")
+    if contender == "edge":
+        return bmsbi.NPE(edge_spline=True)
     if contender.startswith("ensemble"):
         size, _, scaled = contender[len("ensemble"):].partition("_")
         return bmsbi.NPE(ensemble=int(size), base_calibration="scale" if scaled else "auto")
@@ -145,7 +148,7 @@ def run_task(name: str, args) -> list[dict]:
                   file=sys.stderr, flush=True)
             continue
         t0 = time.perf_counter()
-        post = npe_for(contender).fit(bank, prior=task.prior, key=jax.random.key(args.seed + 1),
+        post = npe_for(contender).fit(bank, prior=task.prior, key=jax.random.key(args.seed + 1 if args.fit_key is None else args.fit_key),
                                       progress=False)
         fit_s = time.perf_counter() - t0
         m = held_out_metrics(post, held.theta, held.x, jax.random.key(args.seed + 2))
@@ -179,6 +182,8 @@ def parse_args(argv=None):
     p.add_argument("--held-out", type=int, default=1000)
     p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit-key", type=int, default=None,
+                   help="key of the NPE fits (default: seed + 1); the banks and metrics keys stay")
     p.add_argument("--work", default="/tmp/bmsbi-calibration", help="bank folders (reused)")
     p.add_argument("--sbi-python", default=DEFAULT_SBI_PYTHON)
     p.add_argument("--no-append", action="store_true")
