@@ -1,6 +1,7 @@
 """NPE: analytic Gaussian posteriors recovered, samples inside the support, densities
 normalised, shapes and bad inputs."""
 
+import functools
 import warnings
 
 import equinox as eqx
@@ -99,35 +100,41 @@ def edge_problem_log_posterior(theta, x):
     return np.sum(norm.logpdf(theta, x, 0.3) - np.log(mass), axis=-1)
 
 
+@functools.lru_cache(maxsize=None)
+def fit_edge_problem(variant):
+    """``(prior, posterior)`` on :func:`edge_problem` (3,000 simulations), fitted once per test session."""
+    prior, bank = edge_problem(3000, 0)
+    space = "auto" if variant == "edge" else variant
+    post = NPE(hidden=16, num_layers=3, max_epochs=30, theta_space=space,
+               edge_spline=variant == "edge").fit(bank, prior=prior, key=jax.random.key(3), progress=False)
+    return prior, post
+
+
 @pytest.fixture(scope="module", params=["auto", "unconstrained", "edge"])
 def box(request):
     # Narrow box with the likelihood piling mass on its edge. "auto" (default): the flow
     # models the Uniform parameters in their own coordinates and rejects draws outside
     # the box, dividing its density by the mass inside; "unconstrained": through a logit;
     # "edge": "auto" with the box-edge spline (NPE(edge_spline=True)).
-    prior, bank = edge_problem(3000, 0)
-    space = "auto" if request.param == "edge" else request.param
-    post = NPE(hidden=16, num_layers=3, max_epochs=30, theta_space=space,
-               edge_spline=request.param == "edge").fit(bank, prior=prior, key=jax.random.key(3), progress=False)
-    assert post.config["theta_space"] == space
+    prior, post = fit_edge_problem(request.param)
+    assert post.config["theta_space"] == ("auto" if request.param == "edge" else request.param)
     assert ("edge_box" in post.config) == (request.param == "edge")
     return prior, post
 
 
 def test_the_edge_spline_brings_the_flow_closer_to_a_posterior_cut_by_the_box():
     # KL(p || q) estimated on 2,000 fresh (theta, x) pairs against the exact posterior,
-    # the same bank, keys and settings with and without the box-edge spline.
-    prior, bank = edge_problem(3000, 0)
+    # the same bank, keys and settings with and without the box-edge spline (the box
+    # tests' posteriors; measured 0.061 and 0.033, sd of each estimate about 0.008).
     _, held = edge_problem(2000, 99)
     theta, x = np.asarray(held.theta), np.asarray(held.x)
     kl = {}
-    for edge in (False, True):
-        post = NPE(hidden=16, num_layers=3, max_epochs=30, edge_spline=edge).fit(
-            bank, prior=prior, key=jax.random.key(1), progress=False)
+    for variant in ("auto", "edge"):
+        _, post = fit_edge_problem(variant)
         lq = np.asarray(post.log_prob(theta[:, None, :], x))[:, 0]
-        kl[edge] = float(np.mean(edge_problem_log_posterior(theta, x) - lq))
-    assert kl[True] < 0.055, kl
-    assert kl[True] < kl[False] - 0.005, kl
+        kl[variant] = float(np.mean(edge_problem_log_posterior(theta, x) - lq))
+    assert kl["edge"] < 0.055, kl
+    assert kl["edge"] < kl["auto"] - 0.005, kl
 
 
 def test_the_edge_spline_saves_and_loads(box, tmp_path):
