@@ -1012,14 +1012,16 @@ class NPE:
             if config["density_estimator"] != "nsf":
                 raise ValueError(f"edge_spline: the box-edge spline belongs to the 'nsf' flow; a bank with "
                                  f"trials gets {config['density_estimator']!r} (pass density_estimator='nsf')")
-            low, high = support_box(prior, identity, stats)
-            edge_box = (np.clip(low, -_UNBOUNDED, _UNBOUNDED), np.clip(high, -_UNBOUNDED, _UNBOUNDED))
-            config["edge_box"] = {"low": [float(v) for v in edge_box[0]], "high": [float(v) for v in edge_box[1]]}
+            edge_box = support_box(prior, identity, stats)
         flow = build_flow(config["density_estimator"], prior.unconstrained_dim, cond_dim, hidden=self.hidden,
                           num_layers=self.num_layers, num_bins=self.num_bins,
                           tail_bound=self.tail_bound, nn_depth=self.nn_depth, key=k_flow,
                           conditional_affine=True, full_covariance=bool(config.get("full_covariance")),
                           box=edge_box)
+        if edge_box is not None:  # as the stack keeps it: open sides finite, so the file holds no infinities
+            stack = flow.bijection
+            config["edge_box"] = {side: np.asarray(paramax.unwrap(b), np.float64).tolist()
+                                  for side, b in (("low", stack.box_low), ("high", stack.box_high))}
         model = NPEModel(flow, embedding)
         if init is not None:
             model = warm_start_model(model, init)
