@@ -22,7 +22,8 @@ flow has no mass outside the prior's support), ``edge`` (``NPE(edge_spline=True)
 spline whose ends sit on the prior's box), ``ensemble3`` / ``ensemble5`` (``NPE(ensemble=3 or 5)``: the equal-weight mixture of three
 or five networks trained from different starts), ``ensemble3_scale`` / ``ensemble5_scale``
 (the same with ``base_calibration="scale"``: one base scale shared by the members, fitted on
-validation rows none of them trained on) and ``sbi`` (the sbi package's NPE with its defaults on the same
+validation rows none of them trained on), ``ensemble3_edge`` / ``ensemble3_scale_edge`` (the
+same members, each with the box-edge spline) and ``sbi`` (the sbi package's NPE with its defaults on the same
 bank, run by ``benchmarks/_sbi_runner.py`` in the sbi interpreter, ``--sbi-python``).
 sbi gets the box prior it supports: ``LogUniform`` parameters enter it as their
 logarithm with a uniform prior (the same prior), so its HPD regions are those of
@@ -52,7 +53,8 @@ import simulators
 from bmsbi import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("default", "scale", "coverage", "unconstrained", "edge", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale", "sbi")
+CONTENDERS = ("default", "scale", "coverage", "unconstrained", "edge", "ensemble3", "ensemble5", "ensemble3_scale", "ensemble5_scale",
+               "ensemble3_edge", "ensemble3_scale_edge", "sbi")
 DEFAULT_SBI_PYTHON = "/work/sbi-venv/bin/python"
 
 
@@ -123,8 +125,9 @@ def npe_for(contender: str) -> bmsbi.NPE:
     if contender == "edge":
         return bmsbi.NPE(edge_spline=True)
     if contender.startswith("ensemble"):
-        size, _, scaled = contender[len("ensemble"):].partition("_")
-        return bmsbi.NPE(ensemble=int(size), base_calibration="scale" if scaled else "auto")
+        size, *extras = contender[len("ensemble"):].split("_")
+        return bmsbi.NPE(ensemble=int(size), base_calibration="scale" if "scale" in extras else "auto",
+                         edge_spline="edge" in extras)
     raise ValueError(f"contender: expected one of {CONTENDERS}, got {contender!r}")
 
 

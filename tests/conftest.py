@@ -1,4 +1,10 @@
-"""Test-session settings: the persistent compilation cache goes to a temporary folder.
+"""Test-session settings: parallel test processes, and the compilation cache in a temporary folder.
+
+``python -m pytest`` runs the test files in parallel processes (pytest-xdist,
+``-n auto --dist loadfile`` in pyproject.toml: every file in one process, so its module
+fixtures and cached fits are built once); :func:`pytest_xdist_auto_num_workers` caps them
+at 4, since each process holds its own JAX runtime and compiled programs. ``-n 0`` runs
+everything in one process.
 
 The CLI and ``load_posterior`` turn on JAX's persistent compilation cache
 (:func:`bmsbi.enable_compilation_cache`); a test run must not fill the user's
@@ -20,6 +26,11 @@ if "BMSBI_COMPILATION_CACHE" not in os.environ:
 import gc
 
 import pytest
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one process per core, at most 4 (and at least 1)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True, scope="module")
