@@ -8,7 +8,8 @@ everything in one process.
 
 The CLI and ``load_posterior`` turn on JAX's persistent compilation cache
 (:func:`bmsbi.enable_compilation_cache`); a test run must not fill the user's
-``~/.cache/bmsbi``. Subprocesses started by the tests inherit the variable. The folder
+``~/.cache/bmsbi``. The parallel test processes and the subprocesses the tests start
+inherit the variable (one folder for the whole run). The folder
 is removed when the test session ends.
 """
 
@@ -29,8 +30,9 @@ import pytest
 
 
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one process per core, at most 4 (and at least 1)."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """``-n auto``: one process per core this process may run on, at most 4 (and at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
 
 
 # The files that take longest (minutes each on 2 cores), handed out first so that no
