@@ -117,10 +117,8 @@ def sbi_metrics(task, bank, held, args) -> tuple[dict, float, int]:
 def npe_for(contender: str) -> bmsbi.NPE:
     if contender == "default":
         return bmsbi.NPE()
-    if contender in ("none", "scale"):
+    if contender in ("none", "scale", "coverage"):
         return bmsbi.NPE(base_calibration=contender)
-    if contender == "coverage":
-        return bmsbi.NPE(base_calibration="coverage")
     if contender == "unconstrained":
         return bmsbi.NPE(theta_space="unconstrained")
     if contender in ("edge", "edge_none"):
