@@ -17,7 +17,8 @@ contender, on the held-out pairs:
 Contenders (``--contenders``): ``default`` (``bmsbi.NPE()``), ``none``
 (``NPE(base_calibration="none")``: the trained flow as it is), ``scale``
 (``NPE(base_calibration="scale")``: the flow's base scale fitted on the validation
-rows after training), ``unconstrained`` (``NPE(theta_space="unconstrained")``: every
+rows after training), ``truncated`` (``NPE(base_calibration="truncated")``: that scale fitted
+by maximum likelihood of the flow cut to the prior's box, as the posterior uses it), ``unconstrained`` (``NPE(theta_space="unconstrained")``: every
 parameter modelled through the prior's bijection, box parameters in logit space, so the
 flow has no mass outside the prior's support), ``edge`` (``NPE(edge_spline=True)``: a learnt
 spline whose ends sit on the prior's box; ``edge_none`` without the fitted scale), ``ensemble3`` / ``ensemble5`` (``NPE(ensemble=3 or 5)``: the equal-weight mixture of three
@@ -54,7 +55,7 @@ import simulators
 from bmsbi import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("default", "none", "scale", "coverage", "unconstrained", "edge", "edge_none", "ensemble3", "ensemble5",
+CONTENDERS = ("default", "none", "scale", "coverage", "truncated", "unconstrained", "edge", "edge_none", "ensemble3", "ensemble5",
               "ensemble3_scale", "ensemble5_scale", "ensemble3_edge", "ensemble3_scale_edge", "sbi")
 DEFAULT_SBI_PYTHON = "/work/sbi-venv/bin/python"
 
@@ -117,7 +118,7 @@ def sbi_metrics(task, bank, held, args) -> tuple[dict, float, int]:
 def npe_for(contender: str) -> bmsbi.NPE:
     if contender == "default":
         return bmsbi.NPE()
-    if contender in ("none", "scale", "coverage"):
+    if contender in ("none", "scale", "coverage", "truncated"):
         return bmsbi.NPE(base_calibration=contender)
     if contender == "unconstrained":
         return bmsbi.NPE(theta_space="unconstrained")

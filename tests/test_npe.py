@@ -547,6 +547,36 @@ def test_fitted_base_scale_recovers_a_known_scale(gl2):
     np.testing.assert_allclose(fitted_base_scale(post.model, s, x_std), [2.0, 0.5], rtol=0.05)
 
 
+def test_truncated_base_scale_recovers_the_scale_of_a_posterior_cut_by_the_box():
+    """Truths from N(0, diag(0.7, 1.3)^2) cut to a box: the untruncated RMS narrows both, the cut fit does not."""
+    from flowjax.bijections import Affine
+    from flowjax.distributions import StandardNormal, Transformed
+
+    from bmsbi.estimators.npe import NPEModel, fitted_base_scale, truncated_base_scale
+
+    model = NPEModel(Transformed(StandardNormal((2,)), Affine(jnp.zeros(2), jnp.ones(2))), None)
+    lo, hi = np.array([-0.5, -np.inf], np.float32), np.array([np.inf, 1.0], np.float32)
+    draws = np.random.default_rng(0).normal(size=(20000, 2)) * [0.7, 1.3]
+    s = draws[np.all((draws >= lo) & (draws <= hi), axis=1)][:3000].astype(np.float32)
+    x_std = np.zeros((len(s), 1), np.float32)
+    ml = fitted_base_scale(model, s, x_std)
+    assert np.all(ml < [0.64, 1.15])  # what ignoring the box gives: both too narrow
+    np.testing.assert_allclose(truncated_base_scale(model, s, x_std, (lo, hi)), [0.7, 1.3], rtol=0.04)
+    # nothing cut: the same as the untruncated estimate
+    free = (np.full(2, -np.inf, np.float32), np.full(2, np.inf, np.float32))
+    np.testing.assert_allclose(truncated_base_scale(model, s, x_std, free), ml, rtol=1e-4)
+
+
+def test_the_default_base_scale_is_fitted_on_the_posterior_cut_to_the_box():
+    """NPE()'s scale is base_calibration="truncated"'s; where the box cuts, it is wider than the untruncated fit's."""
+    prior, bank = edge_problem(3000, 0)
+    fit = {bc: NPE(hidden=16, num_layers=3, max_epochs=30, base_calibration=bc).fit(
+        bank, prior=prior, key=jax.random.key(3), progress=False).config["base_scale"]
+        for bc in ("auto", "truncated", "scale")}
+    np.testing.assert_allclose(fit["auto"], fit["truncated"])
+    assert np.all(np.asarray(fit["truncated"]) > np.asarray(fit["scale"]) + 0.03)
+
+
 def _pairs_from_widened(model, scale, *, n, x_seed, key):
     """``(s, x_std)``: ``n`` standard-normal conditions and one draw each from ``model`` with its base scaled."""
     from bmsbi.estimators.npe import with_base_scale

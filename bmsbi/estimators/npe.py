@@ -49,7 +49,8 @@ from ..posterior import THETA_SPACES, DirectPosterior, check_bank_prior, identit
 from ..xtransform import XTransform, check_x_transform
 
 __all__ = ["NPE", "build_flow", "SplineCouplingStack", "ConditionalAffine", "LinearMap",
-           "linear_gaussian_init", "warm_start_model", "fitted_mixture_scale"]
+           "linear_gaussian_init", "warm_start_model", "fitted_mixture_scale",
+           "truncated_base_scale"]
 
 _ESTIMATORS = ("nsf", "maf", "maf_rqs", "flowjax_nsf")
 # Optimiser steps that max_epochs=None aims for (measured on two-moons, see NPE).
@@ -721,7 +722,7 @@ class NPE:
         misspecified neural SBI compared by Cannon et al. (2022). ``0`` (the default)
         trains on the simulations as they are; the posterior is then calibrated for
         data the simulator can produce.
-    base_calibration : {"auto", "scale", "coverage", "none"}, default "auto"
+    base_calibration : {"auto", "scale", "coverage", "truncated", "none"}, default "auto"
         ``"scale"``: after training, fit a per-coordinate scale of the flow's Gaussian
         base distribution by maximum likelihood on the validation rows (simulations
         no step trained on): ``tau_j^2 = mean(u_j^2)``, ``u`` the flow's latent of the
@@ -732,13 +733,15 @@ class NPE:
         classifiers. It costs one pass over the validation rows and nothing when
         sampling. The fitted scale is kept in the posterior
         (``posterior.config["base_scale"]``) and in its file. Needs
-        ``validation_fraction > 0``. ``"auto"`` (the default): ``"scale"`` when there is
-        a validation split, the bank has no trials (a scale fitted on all K trials would
+        ``validation_fraction > 0``. ``"auto"`` (the default): ``"truncated"`` (below;
+        ``"scale"`` for a prior without box-bounded parameters) when there is a
+        validation split, the bank has no trials (a scale fitted on all K trials would
         not hold for fewer) and ``summary_noise`` is 0 (the clean validation rows would
-        undo the widening the noise is for), else ``"none"``. Why it is the default — HPD coverage,
-        SBC and held-out log score on the shipped tasks against ``"none"`` and the
-        ``sbi`` package — is measured in ``benchmarks/RESULTS.md``, section
-        "Calibration study". With ``ensemble > 1``, ``"auto"`` is ``"none"``, and
+        undo the widening the noise is for), else ``"none"``. Why — HPD coverage, SBC
+        and held-out log score on the shipped tasks against ``"scale"``, ``"none"`` and
+        the ``sbi`` package — is measured in ``benchmarks/RESULTS.md``, sections
+        "Calibration study" and "The base scale fitted on the posterior cut to the
+        prior's box". With ``ensemble > 1``, ``"auto"`` is ``"none"``, and
         ``"scale"`` holds one set of validation rows out of every member's training and
         fits one scale shared by the members by maximum likelihood of their mixture on
         those rows (:func:`fitted_mixture_scale`): the ensemble's width set by held-out
@@ -750,6 +753,13 @@ class NPE:
         marginals past calibration: on the shipped tasks it brought HPD coverage within
         the band everywhere but made SBC fail on two of four (``benchmarks/RESULTS.md``,
         "Coverage-fitted base scale"), so it is an option, not the default.
+        ``"truncated"`` (one network): the per-coordinate scale fitted by maximum
+        likelihood of the flow *cut to the prior's box* — the density the posterior
+        samples and evaluates — instead of the untruncated flow
+        (:func:`truncated_base_scale`; a few seconds more per fit). Where a posterior
+        presses on a bound, the held-out truths' latents sit on the inner side of the
+        flow's spread only, and the untruncated estimate narrows that coordinate; the
+        cut likelihood does not. Without box-bounded parameters it is ``"scale"``.
     ensemble : int, default 1
         Train this many networks on the same bank from different random starts (and
         minibatch orders; the compiled training epoch is reused) and use their
@@ -850,8 +860,8 @@ class NPE:
         f = self.summary_noise
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < math.inf:
             raise ValueError(f"summary_noise: expected a float >= 0, got {f!r}")
-        if self.base_calibration not in ("auto", "scale", "coverage", "none"):
-            raise ValueError(f"base_calibration: expected 'auto', 'scale', 'coverage' or 'none', got "
+        if self.base_calibration not in ("auto", "scale", "coverage", "truncated", "none"):
+            raise ValueError(f"base_calibration: expected 'auto', 'scale', 'coverage', 'truncated' or 'none', got "
                              f"{self.base_calibration!r}")
         if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, (int, np.integer)) \
                 or not 1 <= self.ensemble <= 100:
@@ -1053,10 +1063,14 @@ class NPE:
         # "auto" leaves alone what the clean validation rows cannot judge: a posterior for
         # noisier observations (summary_noise) or for 1..K trials; an ensemble is widened
         # by its members' spread.
-        calibrate = self.ensemble == 1 and (self.base_calibration in ("scale", "coverage") or (
+        calibrate = self.ensemble == 1 and (self.base_calibration in ("scale", "coverage", "truncated") or (
             self.base_calibration == "auto" and not trials and not self.summary_noise > 0))
         if calibrate and val_rows is not None:
             scale = fitted_base_scale(model, s_theta[val_rows], x_std[val_rows])
+            if self.base_calibration in ("auto", "truncated") and identity.any():
+                scale = truncated_base_scale(model, s_theta[val_rows], x_std[val_rows],
+                                             support_box(prior, identity, stats), start=scale,
+                                             key=jax.random.fold_in(key, 3))
             if self.base_calibration == "coverage":
                 factor, _ = coverage_fitted_factor(model, scale, s_theta[val_rows], x_std[val_rows], prior=prior,
                                                    identity=identity, stats=stats)
@@ -1196,6 +1210,61 @@ def fitted_base_scale(model: NPEModel, s_theta, x_std) -> np.ndarray:
     """
     u, _ = _latents(model, jnp.asarray(s_theta), jnp.asarray(x_std))
     return np.sqrt(np.mean(np.square(np.asarray(u, np.float64)), axis=0))
+
+
+def truncated_base_scale(model: NPEModel, s_theta, x_std, box, *, start=None, key=None,
+                         num_draws: int = 128, max_iter: int = 30, tol: float = 1e-3) -> np.ndarray:
+    """Maximum-likelihood base scale ``(d,)`` of the flow *cut to the prior's box*, on held-out pairs.
+
+    The posterior is the flow restricted to ``box`` (``(low, high)`` in the standardised
+    flow coordinates, :func:`support_box`) and renormalised by its mass inside,
+    ``Z_tau(x)``. With base ``N(0, diag(tau**2))`` the held-out log-likelihood is
+    ``sum_i [-sum_j (log tau_j + u_ij**2 / (2 tau_j**2)) - log Z_tau(x_i)]`` and its
+    gradient vanishes where ``tau_j**2 = sum_i u_ij**2 / sum_i E_i[z_j**2]``, ``E_i`` the
+    mean over base draws ``z ~ N(0, I)`` whose image ``flow(tau * z | x_i)`` lies inside the
+    box (``d log Z / d tau_j = E_i[z_j**2 - 1] / tau_j``). Solved by that fixed-point
+    iteration from ``start`` (default: :func:`fitted_base_scale`, the answer when nothing
+    leaks out of the box), ``num_draws`` draws per pair shared across iterations, until
+    the relative change is below ``tol``. A flow piled against a bound has truths whose
+    latents sit on the inner side only, and the untruncated estimate then narrows it.
+    """
+    s_theta, x_std = jnp.asarray(s_theta), jnp.asarray(x_std)
+    u, _ = _latents(model, s_theta, x_std)
+    u2 = np.sum(np.square(np.asarray(u, np.float64)), axis=0)
+    tau = np.sqrt(u2 / len(u)) if start is None else np.asarray(start, np.float64)
+    key = jax.random.key(0) if key is None else key
+    z0 = jax.random.normal(key, (len(s_theta), int(num_draws), u.shape[1]))
+    lo, hi = (jnp.asarray(b, jnp.float32) for b in box)
+    for _ in range(int(max_iter)):
+        m2 = np.asarray(_inside_second_moment(model, jnp.asarray(tau, jnp.float32), x_std, z0, lo, hi), np.float64)
+        new = np.sqrt(u2 / np.sum(m2, axis=0))
+        done = np.max(np.abs(new / tau - 1)) < tol
+        tau = new
+        if done:
+            break
+    return tau
+
+
+@eqx.filter_jit
+def _inside_second_moment(model, tau, x_std, z0, lo, hi):
+    """Per pair, the mean of ``z**2`` over the base draws ``z0`` whose image lies in ``[lo, hi]`` ``(n, d)``.
+
+    Estimated as that mean minus the mean over all the pair's draws plus 1 (its exact
+    value without the box), so a pair with nothing cut gets exactly 1 and one with no
+    draw inside gets 1 too.
+    """
+    model = paramax.unwrap(model)
+    bij = model.flow.bijection
+
+    def row(z, x):
+        cond = model.condition(x)
+        s = jax.vmap(lambda v: bij.transform(v, cond))(z * tau)
+        ok = jnp.all((s >= lo) & (s <= hi), axis=-1).astype(z.dtype)
+        count = jnp.sum(ok)
+        inside = jnp.sum(ok[:, None] * z ** 2, axis=0) / jnp.maximum(count, 1.0)
+        return jnp.where(count > 0, inside - jnp.mean(z ** 2, axis=0), 0.0) + 1.0
+
+    return jax.lax.map(lambda a: row(*a), (z0, x_std))
 
 
 def fitted_mixture_scale(members, s_theta, x_std, *, max_iter: int = 500, tol: float = 1e-10) -> np.ndarray:
