@@ -1066,11 +1066,11 @@ class NPE:
         calibrate = self.ensemble == 1 and (self.base_calibration in ("scale", "coverage", "truncated") or (
             self.base_calibration == "auto" and not trials and not self.summary_noise > 0))
         if calibrate and val_rows is not None:
-            scale = fitted_base_scale(model, s_theta[val_rows], x_std[val_rows])
             if self.base_calibration in ("auto", "truncated") and identity.any():
                 scale = truncated_base_scale(model, s_theta[val_rows], x_std[val_rows],
-                                             support_box(prior, identity, stats), start=scale,
-                                             key=jax.random.fold_in(key, 3))
+                                             support_box(prior, identity, stats), key=jax.random.fold_in(key, 3))
+            else:
+                scale = fitted_base_scale(model, s_theta[val_rows], x_std[val_rows])
             if self.base_calibration == "coverage":
                 factor, _ = coverage_fitted_factor(model, scale, s_theta[val_rows], x_std[val_rows], prior=prior,
                                                    identity=identity, stats=stats)
@@ -1212,7 +1212,7 @@ def fitted_base_scale(model: NPEModel, s_theta, x_std) -> np.ndarray:
     return np.sqrt(np.mean(np.square(np.asarray(u, np.float64)), axis=0))
 
 
-def truncated_base_scale(model: NPEModel, s_theta, x_std, box, *, start=None, key=None,
+def truncated_base_scale(model: NPEModel, s_theta, x_std, box, *, key=None,
                          num_draws: int = 128, max_iter: int = 30, tol: float = 1e-3) -> np.ndarray:
     """Maximum-likelihood base scale ``(d,)`` of the flow *cut to the prior's box*, on held-out pairs.
 
@@ -1223,15 +1223,15 @@ def truncated_base_scale(model: NPEModel, s_theta, x_std, box, *, start=None, ke
     gradient vanishes where ``tau_j**2 = sum_i u_ij**2 / sum_i E_i[z_j**2]``, ``E_i`` the
     mean over base draws ``z ~ N(0, I)`` whose image ``flow(tau * z | x_i)`` lies inside the
     box (``d log Z / d tau_j = E_i[z_j**2 - 1] / tau_j``). Solved by that fixed-point
-    iteration from ``start`` (default: :func:`fitted_base_scale`, the answer when nothing
-    leaks out of the box), ``num_draws`` draws per pair shared across iterations, until
+    iteration from :func:`fitted_base_scale`'s answer (exact when nothing leaks out of the
+    box), ``num_draws`` draws per pair shared across iterations, until
     the relative change is below ``tol``. A flow piled against a bound has truths whose
     latents sit on the inner side only, and the untruncated estimate then narrows it.
     """
     s_theta, x_std = jnp.asarray(s_theta), jnp.asarray(x_std)
     u, _ = _latents(model, s_theta, x_std)
     u2 = np.sum(np.square(np.asarray(u, np.float64)), axis=0)
-    tau = np.sqrt(u2 / len(u)) if start is None else np.asarray(start, np.float64)
+    tau = np.sqrt(u2 / len(u))  # fitted_base_scale's estimate, from the latents already at hand
     key = jax.random.key(0) if key is None else key
     z0 = jax.random.normal(key, (len(s_theta), int(num_draws), u.shape[1]))
     lo, hi = (jnp.asarray(b, jnp.float32) for b in box)
