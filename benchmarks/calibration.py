@@ -1,7 +1,9 @@
 """Calibration study: is the default NPE calibrated on bmsbi's own tasks, and what fixes it?
 
-For each task: a training bank at the task's default budget (``--num-simulations``, the
-demo's 5,000) and a separate held-out bank (``--held-out``, its own key), then, per
+For each task: a training bank at the task's default budget (``simulators.Task.budget``,
+the bank ``bmsbi demo`` simulates: 20,000 for the single-node tasks and ``hopf_network``,
+5,000 for the 94-region ``hopf_bold_*`` tasks; ``--num-simulations`` overrides it) and a
+separate held-out bank (``--held-out``, its own key), then, per
 contender, on the held-out pairs:
 
 - HPD expected coverage (``diagnostics.expected_coverage(method="hpd")``) and TARP
@@ -115,19 +117,21 @@ def sbi_metrics(task, bank, held, args) -> tuple[dict, float, int]:
     return m, out.fit_s, out.epochs
 
 
-def npe_for(contender: str) -> bmsbi.NPE:
+def npe_for(contender: str, max_epochs: int | None = None) -> bmsbi.NPE:
+    """The NPE a contender names; ``max_epochs`` as :class:`bmsbi.NPE` takes it (``None``: sized from the bank)."""
     if contender == "default":
-        return bmsbi.NPE()
+        return bmsbi.NPE(max_epochs=max_epochs)
     if contender in ("none", "scale", "coverage", "truncated"):
-        return bmsbi.NPE(base_calibration=contender)
+        return bmsbi.NPE(base_calibration=contender, max_epochs=max_epochs)
     if contender == "unconstrained":
-        return bmsbi.NPE(theta_space="unconstrained")
+        return bmsbi.NPE(theta_space="unconstrained", max_epochs=max_epochs)
     if contender in ("edge", "edge_none"):
-        return bmsbi.NPE(edge_spline=True, base_calibration="none" if contender == "edge_none" else "auto")
+        return bmsbi.NPE(edge_spline=True, base_calibration="none" if contender == "edge_none" else "auto",
+                         max_epochs=max_epochs)
     if contender.startswith("ensemble"):
         size, *extras = contender[len("ensemble"):].split("_")
         return bmsbi.NPE(ensemble=int(size), base_calibration="scale" if "scale" in extras else "auto",
-                         edge_spline="edge" in extras)
+                         edge_spline="edge" in extras, max_epochs=max_epochs)
     raise ValueError(f"contender: expected one of {CONTENDERS}, got {contender!r}")
 
 
@@ -135,8 +139,8 @@ def run_task(name: str, args) -> list[dict]:
     task = simulators.get(name)
     work = Path(args.work) / name
     t0 = time.perf_counter()
-    bank = task.bank(args.num_simulations, jax.random.key(args.seed), progress=False,
-                     path=work / f"bank_{args.num_simulations}")
+    n = task.budget if args.num_simulations is None else args.num_simulations
+    bank = task.bank(n, jax.random.key(args.seed), progress=False, path=work / f"bank_{n}")
     held = task.bank(args.held_out, jax.random.key(args.seed + 1000), progress=False,
                      path=work / f"held_{args.held_out}")
     print(f"{name}: banks {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -144,19 +148,19 @@ def run_task(name: str, args) -> list[dict]:
     for contender in args.contenders:
         if contender == "sbi":
             m, fit_s, epochs = sbi_metrics(task, bank, held, args)
-            rows.append({"task": name, "contender": "sbi", "fit_s": fit_s, "epochs": epochs,
+            rows.append({"task": name, "contender": "sbi", "n": n, "fit_s": fit_s, "epochs": epochs,
                          "base_scale": None, **m})
             print(f"{name} sbi: fit {fit_s:.0f} s, HPD {m['hpd']:.3f}, TARP {m['tarp']:.3f}, "
                   f"SBC min p {m['sbc_min_p']:.3g}, log score {m['log_score']:.3f}",
                   file=sys.stderr, flush=True)
             continue
         t0 = time.perf_counter()
-        post = npe_for(contender).fit(bank, prior=task.prior, key=jax.random.key(args.seed + 1 if args.fit_key is None else args.fit_key),
+        post = npe_for(contender, args.max_epochs).fit(bank, prior=task.prior, key=jax.random.key(args.seed + 1 if args.fit_key is None else args.fit_key),
                                       progress=False)
         fit_s = time.perf_counter() - t0
         m = held_out_metrics(post, held.theta, held.x, jax.random.key(args.seed + 2))
         scale = post.config.get("base_scale")
-        rows.append({"task": name, "contender": contender, "fit_s": fit_s,
+        rows.append({"task": name, "contender": contender, "n": n, "fit_s": fit_s,
                      "epochs": len(post.history.val_loss) if post.history is not None else 0,
                      "base_scale": scale, **m})
         print(f"{name} {contender}: fit {fit_s:.0f} s, HPD {m['hpd']:.3f}, TARP {m['tarp']:.3f}, "
@@ -166,13 +170,13 @@ def run_task(name: str, args) -> list[dict]:
 
 
 def table(rows, args) -> str:
-    head = ("| task | contender | fit s | HPD max dev | HPD cov. at 0.5 / 0.9 | TARP max dev | "
-            "SBC min p (d) | held-out log score | base scale |\n|---|---|---:|---:|---|---:|---|---:|---|")
+    head = ("| task | contender | simulations | fit s | HPD max dev | HPD cov. at 0.5 / 0.9 | TARP max dev | "
+            "SBC min p (d) | held-out log score | base scale |\n|---|---|---:|---:|---:|---|---:|---|---:|---|")
     out = [head]
     for r in rows:
         d = len(simulators.get(r["task"]).prior.names)
         sc = "-" if r["base_scale"] is None else " ".join(f"{v:.2f}" for v in r["base_scale"])
-        out.append(f"| {r['task']} | {r['contender']} | {r['fit_s']:.0f} | {r['hpd']:.3f} | "
+        out.append(f"| {r['task']} | {r['contender']} | {r['n']} | {r['fit_s']:.0f} | {r['hpd']:.3f} | "
                    f"{r['hpd50']:.3f} / {r['hpd90']:.3f} | {r['tarp']:.3f} | {r['sbc_min_p']:.3g} ({d}) | "
                    f"{r['log_score']:.3f} | {sc} |")
     return "\n".join(out)
@@ -181,9 +185,12 @@ def table(rows, args) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=["hopf_node", "jansen_rit", "wilson_cowan", "montbrio"])
-    p.add_argument("--num-simulations", type=int, default=5000)
+    p.add_argument("--num-simulations", type=int, default=None,
+                   help="training bank size (default: each task's budget, simulators.Task.budget)")
     p.add_argument("--held-out", type=int, default=1000)
     p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="NPE max_epochs for bmsbi's contenders (default: sized from the bank, as NPE does)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fit-key", type=int, default=None,
                    help="key of the NPE fits (default: seed + 1); the banks and metrics keys stay")
@@ -198,7 +205,7 @@ def main(argv=None):
     rows = [r for name in args.tasks for r in run_task(name, args)]
     cmd = "python benchmarks/calibration.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = (f"`{cmd.strip()}` (jax {jax.__version__}, Python {platform.python_version()}, "
-            f"{args.num_simulations} training simulations, {args.held_out} held-out)\n\n" + table(rows, args))
+            f"{args.held_out} held-out)\n\n" + table(rows, args))
     print(text)
     if not args.no_append:
         with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:

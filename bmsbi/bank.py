@@ -76,6 +76,9 @@ _CHUNK_BYTES = 256 * 2**20
 # series before the summary) is usually far larger than its output; 16 million hopf_node
 # summaries fit in 256 MiB, their time series in no machine.
 _CHUNK_MAX_SIMS = 4096
+# ... and its working memory (noise and trajectories held before the summary, estimated
+# from the trace) to about this many bytes: a 94-region BOLD run holds megabytes per simulation.
+_CHUNK_WORK_BYTES = 2 * 2**30
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -496,11 +499,12 @@ _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 
 
 def _probe(sim_fn, d: int, k_sim):
-    """``(x_shape, dtype, code, opaque)`` of the simulator, traced once (per ``d``) without running it.
+    """``(x_shape, dtype, code, opaque, work)`` of the simulator, traced once (per ``d``) without running it.
 
     ``code`` digests what it computes: its jaxpr text (object addresses masked), its
     constants and the values of the brainstate states it reads (not random states);
-    ``opaque`` says the trace calls code it does not show (host callbacks, FFI).
+    ``opaque`` says the trace calls code it does not show (host callbacks, FFI);
+    ``work`` estimates the bytes one simulation's intermediates take (:func:`_working_bytes`).
     """
     import brainstate
 
@@ -527,8 +531,41 @@ def _probe(sim_fn, d: int, k_sim):
     values = list(closed.consts) + [st.value for st in states if not isinstance(st, brainstate.random.RandomState)]
     for leaf in jax.tree.leaves(values):
         h.update(_leaf_digest(leaf).encode())
-    probes[d] = (tuple(x_struct.shape[1:]), x_struct.dtype, h.hexdigest(), bool(_OPAQUE.search(text)))
+    probes[d] = (tuple(x_struct.shape[1:]), x_struct.dtype, h.hexdigest(), bool(_OPAQUE.search(text)),
+                 _working_bytes(closed.jaxpr))
     return probes[d]
+
+
+def _working_bytes(jaxpr) -> int:
+    """Estimated bytes one simulation's intermediates take, from its trace ``jaxpr``.
+
+    Every array the top level makes (a loop's stacked trajectory, noise drawn up front)
+    plus the largest single array made inside a call or loop: inner chains of elementwise
+    operations are fused by XLA, so summing them would overstate what is held.
+    """
+    total = sum(_aval_bytes(var) for eqn in jaxpr.eqns for var in eqn.outvars)
+    return total + max((_largest_array(inner) for eqn in jaxpr.eqns for inner in _inner_jaxprs(eqn)), default=0)
+
+
+def _largest_array(jaxpr) -> int:
+    own = max((_aval_bytes(var) for eqn in jaxpr.eqns for var in eqn.outvars), default=0)
+    return max([own, *(_largest_array(inner) for eqn in jaxpr.eqns for inner in _inner_jaxprs(eqn))])
+
+
+def _inner_jaxprs(eqn):
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            inner = getattr(item, "jaxpr", item)
+            if hasattr(inner, "eqns"):
+                yield inner
+
+
+def _aval_bytes(var) -> int:
+    aval = getattr(var, "aval", None)
+    try:
+        return int(np.prod(aval.shape, dtype=np.int64)) * int(aval.dtype.itemsize)
+    except (AttributeError, TypeError):  # tokens and other non-arrays
+        return 0
 
 
 def _leaf_digest(leaf) -> str:
@@ -584,10 +621,10 @@ def simulate_at(simulator: Callable, theta, *, key, chunk_size: int | None = Non
     k_sim = as_key(key)
     sim_fn = _build_sim_fn(simulator)
     fn = sim_fn[0]
-    x_shape, dtype = _probe(sim_fn, theta.shape[1], k_sim)[:2]
+    x_shape, dtype, _, _, work = _probe(sim_fn, theta.shape[1], k_sim)
     sharding, n_dev = _local_sharding()
     n = theta.shape[0]
-    cs = _resolve_chunk_size(chunk_size, n, int(np.prod(x_shape, dtype=np.int64)) * dtype.itemsize, n_dev)
+    cs = _resolve_chunk_size(chunk_size, n, int(np.prod(x_shape, dtype=np.int64)) * dtype.itemsize, n_dev, work)
     out = []
     for start in range(0, n, cs):
         idx = np.arange(start, start + cs, dtype=np.int32)
@@ -596,9 +633,10 @@ def simulate_at(simulator: Callable, theta, *, key, chunk_size: int | None = Non
     return np.concatenate(out)
 
 
-def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev):
+def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev, work_per_sim=0):
     if chunk_size is None:
-        chunk_size = max(1, min(n, _CHUNK_MAX_SIMS, _CHUNK_BYTES // max(bytes_per_sim, 1)))
+        chunk_size = max(1, min(n, _CHUNK_MAX_SIMS, _CHUNK_BYTES // max(bytes_per_sim, 1),
+                                _CHUNK_WORK_BYTES // max(work_per_sim, 1)))
     chunk_size = min(int(chunk_size), n)
     return int(math.ceil(chunk_size / n_dev) * n_dev)
 
@@ -761,7 +799,7 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     k_theta, k_sim = jax.random.split(key)
     sim_fn = _build_sim_fn(simulator, trials)
     fn = sim_fn[0]
-    x_shape, x_dtype, code, opaque = _probe(sim_fn, prior.dim, k_sim)
+    x_shape, x_dtype, code, opaque, work = _probe(sim_fn, prior.dim, k_sim)
     if x_shape[0 if trials is None else 1:] == ():
         raise ValueError(
             "simulator: returns a scalar (shape ()) per simulation; estimators need a vector of "
@@ -771,7 +809,7 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
 
     sharding, n_dev = _local_sharding()
     bytes_per_sim = int(np.prod(x_shape, dtype=np.int64)) * x_dtype.itemsize
-    cs = _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev)
+    cs = _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev, work)
     n_chunks = math.ceil(n / cs)
     proc, n_proc = jax.process_index(), jax.process_count()
     mine = range(proc, n_chunks, n_proc)  # lazy: nothing as long as the budget is built

@@ -662,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="bmsbi-demo", help="output folder (default: %(default)s)")
     d.add_argument("--task", default="hopf_node",
                    help=f"task name (see `bmsbi tasks`) or {_REF_HELP} (default: %(default)s)")
-    d.add_argument("--num-simulations", type=int, default=None, help="bank size (default: the task's demo size)")
+    d.add_argument("--num-simulations", type=int, default=None, help="bank size (default: the task's budget)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
@@ -672,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "bank (a folder: resumable; or a .npz file). The bank records the "
                                    "task, so `bmsbi train` and `bmsbi diagnose` find it again.")
     s.add_argument("task", help=f"task name (see `bmsbi tasks`) or {_REF_HELP}")
-    s.add_argument("-n", "--num-simulations", type=int, required=True)
+    s.add_argument("-n", "--num-simulations", type=int, default=None,
+                   help="number of simulations (default: the task's budget, see `bmsbi tasks`)")
     s.add_argument("--out", required=True,
                    help="bank folder (resumable: the same arguments resume it, other arguments are refused) "
                         "or .npz file (an existing one is refused unless --force)")
@@ -786,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tasks", help="list the known tasks",
                        description="List the ready-made tasks and those installed packages expose "
                                    f"through the entry-point group {_ENTRY_POINT_GROUP!r}: name, "
-                                   "parameters, description (or why a task is unavailable). A task of "
+                                   "parameters, default simulation budget, description (or why a task is unavailable). A task of "
                                    f"your own is also used by reference: {_REF_HELP}.")
     t.set_defaults(func=cmd_tasks)
     return p
@@ -801,7 +802,7 @@ def cmd_tasks(args) -> None:
         except ValueError as exc:  # data from an extra that is not installed, a broken entry point
             print(f"{name:14s} {'(unavailable)':30s} {_first_line(exc).removeprefix('ref: ')}")
             continue
-        print(f"{name:14s} {', '.join(task.prior.names):30s} {task.description}")
+        print(f"{name:14s} {', '.join(task.prior.names):30s} budget {task.budget:<6d} {task.description}")
 
 
 def main(argv=None) -> int:

@@ -154,7 +154,7 @@ def run_demo(task_name: str = "hopf_node", out: Path = Path("bmsbi-demo"), num_s
     task = simulators.get(task_name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n = num_simulations or 5000
+    n = num_simulations or task.budget
     timings = {}
     k_bank, k_fit, k_obs, k_post, k_cal = jax.random.split(jax.random.key(seed), 5)
 

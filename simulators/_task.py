@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import bmsbi
-from bmsbi._checks import as_key
+from bmsbi._checks import as_key, check_positive_int
 from bmsbi.summaries import Summary
 
 __all__ = ["Task", "white_noise_sigma", "as_float32", "add_measurement_noise", "record",
@@ -145,6 +145,13 @@ class Task:
         :func:`simulators.get` sets it to the reference it was given, so
         ``simulators.get("my_tasks:task").bank(...)`` writes a bank that ``bmsbi train``
         can use without being told the task.
+    budget : int, default 20000
+        The task's default simulation budget: the bank size ``bmsbi demo`` and
+        ``benchmarks/calibration.py`` use when not told one, and what :meth:`bank`
+        simulates when called without ``n``. The shipped single-node tasks keep the
+        default, sized so that the default NPE is calibrated on them
+        (``benchmarks/RESULTS.md``, the calibration sections); the 94-region BOLD
+        tasks set 5,000, their simulations being some 500 times slower.
 
     Examples
     --------
@@ -168,6 +175,7 @@ class Task:
     obs_noise: float = 0.0
     channels: tuple[str, ...] | None = None
     reference: str | None = None
+    budget: int = 20_000
 
     def __post_init__(self):
         if not is_task_name(self.name):
@@ -175,6 +183,7 @@ class Task:
         if self.reference is not None and not (is_task_name(self.reference) or split_reference(self.reference)):
             raise ValueError(f"reference: expected a task name or 'package.module:attribute', "
                              f"got {self.reference!r}")
+        object.__setattr__(self, "budget", check_positive_int(self.budget, "budget"))
         if not isinstance(self.prior, bmsbi.Prior):
             raise ValueError(f"prior: expected a bmsbi.Prior, got {type(self.prior).__name__}")
         if len(self.true_theta) != self.prior.dim:
@@ -287,8 +296,10 @@ class Task:
         simulate.__qualname__ = f"simulate[{digest[:10]}]"
         return simulate
 
-    def bank(self, n: int, key, **kwargs) -> bmsbi.Bank:
+    def bank(self, n: int | None, key, **kwargs) -> bmsbi.Bank:
         """Simulate ``n`` draws from the prior: ``bmsbi.simulate_bank(simulate, prior, n, key=key, **kwargs)``.
+
+        ``n=None`` simulates the task's default budget (:attr:`budget`).
 
         The bank's ``meta`` gains ``task`` (:attr:`ref`), ``summary`` (the summary's ``to_dict``),
         ``recording_shape`` ``[n_time, n_regions]``, ``fs``, ``prior`` (its
@@ -308,7 +319,8 @@ class Task:
                 "fs": self.fs, "prior": self.prior.to_dict()}
         if self.channels is not None:
             meta["channels"] = list(self.channels)
-        return bmsbi.simulate_bank(self.simulator, self.prior, n, key=key, meta=meta, **kwargs)
+        return bmsbi.simulate_bank(self.simulator, self.prior, self.budget if n is None else n, key=key,
+                                   meta=meta, **kwargs)
 
     def __repr__(self) -> str:
         return (f"Task({self.name!r}, parameters={self.names}, recording=({self.n_time}, "

@@ -85,7 +85,7 @@ from bmsbi.summaries import FCD, Autocorrelation, BandPassed, FCStats, FCStrengt
 from ._task import Task, as_float32, white_noise_sigma
 
 __all__ = ["make_task", "bold_summary", "node_frequencies", "coupling_matrix", "prior",
-           "true_theta", "DATASETS", "TRANSIENT_S", "BAND", "C_MAX", "G_MAX"]
+           "true_theta", "DATASETS", "TRANSIENT_S", "BAND", "C_MAX", "G_MAX", "BUDGET"]
 
 #: Integration steps per TR for each dataset.
 DATASETS = {"hcp": 8, "gw": 20}
@@ -93,6 +93,7 @@ TRANSIENT_S = 60.0
 BAND = (0.01, 0.1)  # Hz: band-pass of the summary and the node-frequency search
 C_MAX = 0.2  # largest coupling weight, as in Deco et al. (2017)
 G_MAX = 16.0  # 1/s: FC fits peak near G = 10-14 on these connectomes; Euler diverges past ~25
+BUDGET = 5000  # default bank size: where the calibration study (benchmarks/RESULTS.md) found the default NPE calibrated
 
 prior = bmsbi.Prior({
     "G": dist.Uniform(0.0, G_MAX),
@@ -208,5 +209,6 @@ def make_task(dataset: str) -> Task:
             f"(1/s), bifurcation a (1/s), noise sigma."),
         units={"G": "1/s", "a": "1/s", "sigma": "1/sqrt(s)", "recording": "a.u."},
         channels=tuple(connectome.regions),
+        budget=BUDGET,
     )
     return task

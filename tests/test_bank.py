@@ -69,6 +69,22 @@ def test_same_bank_whatever_the_chunk_size(chunk_size):
     np.testing.assert_array_equal(again.x, bank.x)  # bitwise for the same settings
 
 
+def test_default_chunk_bounds_the_working_memory_not_just_the_output(tmp_path):
+    # A summary of 2 numbers from 2**22 noise values per simulation (16 MiB each, like a
+    # whole-brain run reduced to a few features): chunks sized by the output alone would take
+    # every simulation at once; the default chunk keeps the noise of one chunk near 2 GiB.
+    def wide_sim(theta, key):
+        z = jax.random.normal(key, (2**22,))
+        return jnp.stack([theta[0] + 0.01 * z.mean(), theta[1] + 0.01 * z.std()])
+
+    bank = bmsbi.simulate_bank(wide_sim, PRIOR, 300, key=0, progress=False, path=tmp_path / "wide")
+    chunk = json.loads((tmp_path / "wide" / "manifest.json").read_text())["chunk_size"]
+    assert 16 <= chunk <= 128  # 2 GiB over 16-64 MiB of noise and its temporaries per simulation
+    assert len(bank) == 300 and np.all(np.abs(bank.x - bank.theta) < 0.02)
+    small = bmsbi.simulate_bank(gauss_sim, PRIOR, 300, key=0, progress=False, path=tmp_path / "small")
+    assert json.loads((tmp_path / "small" / "manifest.json").read_text())["chunk_size"] == 300
+
+
 def test_four_host_devices_give_the_same_bank(tmp_path):
     code = textwrap.dedent(f"""
         import os, sys

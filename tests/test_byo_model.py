@@ -164,6 +164,22 @@ def test_task_validates_its_reference():
             dataclasses.replace(hopf, reference=bad)
 
 
+def test_task_budget_is_the_default_bank_size_and_is_validated():
+    import dataclasses
+
+    import jax
+
+    hopf = simulators.get("hopf_node")
+    assert hopf.budget == 20_000 and simulators.get("hopf_bold_gw").budget == 5000
+    small = dataclasses.replace(hopf, budget=4)
+    bank = small.bank(None, jax.random.key(0), progress=False)
+    assert bank.theta.shape == (4, 3) and bank.x.shape[0] == 4
+    assert len(small.bank(6, jax.random.key(0), progress=False)) == 6  # n given: n, not the budget
+    for bad in (0, -5, 2.5, True, "100"):
+        with pytest.raises(ValueError, match="^budget: expected a positive int, got"):
+            dataclasses.replace(hopf, budget=bad)
+
+
 # ------------------------------------------------------------------ entry points
 def _fake_distribution(folder: Path, entries: dict[str, str]) -> None:
     """An installed-looking distribution whose entry points (group bmsbi.tasks) are ``entries``."""
@@ -204,7 +220,7 @@ def test_entry_point_tasks_are_listed_loaded_and_broken_ones_reported(tmp_path, 
     assert "a, f, sigma" in lines["ep_hopf"] and "a, f, sigma" in lines["ep_made"]
     for broken in ("ep_missing", "ep_boom", "ep_nomodule"):
         assert "(unavailable)" in lines[broken] and "entry point" in lines[broken]
-    assert "a, f, sigma" in lines["hopf_node"]
+    assert "a, f, sigma" in lines["hopf_node"] and "budget 20000" in lines["hopf_node"]
     with pytest.raises(SystemExit):
         main(["tasks", "--help"])
     assert f"'{simulators.ENTRY_POINT_GROUP}'" in capsys.readouterr().out.replace("\n", " ")

@@ -5,6 +5,7 @@ the verbs run in-process through ``bmsbi.cli.main`` except one run of the real
 console script in a subprocess.
 """
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -299,12 +300,18 @@ def test_a_bank_folder_of_other_arguments_is_a_bank_mismatch_error(tmp_path):
 @pytest.mark.slow
 def test_demo_replaces_its_own_stale_bank_and_keeps_other_folders(tmp_path, capsys):
     # A demo folder from an older bmsbi (other chunking) must not stop `bmsbi demo`.
-    task = simulators.get("hopf_node")
-    task.bank(40, jax.random.key(1), chunk_size=8, path=tmp_path / "demo" / "bank", progress=False)
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--num-simulations", "300", "--quiet"]) == 0
+    # The task's budget (300 here) is the demo's bank size when --num-simulations is not given.
+    task = simulators.register(dataclasses.replace(simulators.get("hopf_node"), name="hopf_node_300", budget=300))
+    try:
+        task.bank(40, jax.random.key(1), chunk_size=8, path=tmp_path / "demo" / "bank", progress=False)
+        assert main(["demo", "--task", "hopf_node_300", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    finally:
+        simulators.unregister("hopf_node_300")
     err = capsys.readouterr().err
     assert "replacing" in err and "chunk_size" in err
     assert len(bmsbi.Bank.load(tmp_path / "demo" / "bank")) == 300
+    assert json.loads((tmp_path / "demo" / "report.json").read_text())["num_simulations"] == 300
+    task = simulators.get("hopf_node")
     # A folder that is not a bank of the demo's task is never removed.
     (tmp_path / "mine" / "bank").mkdir(parents=True)
     task.bank(40, jax.random.key(1), chunk_size=8, path=tmp_path / "mine" / "bank", progress=False)
