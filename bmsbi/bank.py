@@ -722,8 +722,8 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
         up to floating-point reassociation; the same settings give bitwise the same bank.
     chunk_size : int, optional
         Simulations per compiled call (bounds memory). Default: as many as fit in about
-        256 MiB of output, at most 4,096 (a simulation's working memory, e.g. its whole
-        time series before a summary, is usually far larger than its output). Rounded up to a multiple of the local device count; the
+        256 MiB of output and in about 2 GiB of working memory (noise and trajectories held
+        before a summary, estimated from the simulator's trace), at most 4,096. Rounded up to a multiple of the local device count; the
         parameter axis of each chunk is split over all local devices.
     path : str or Path, optional
         Bank folder. Each finished chunk is written atomically; calling again with the
