@@ -635,8 +635,9 @@ def simulate_at(simulator: Callable, theta, *, key, chunk_size: int | None = Non
 
 def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev, work_per_sim=0):
     if chunk_size is None:
-        chunk_size = max(1, min(n, _CHUNK_MAX_SIMS, _CHUNK_BYTES // max(bytes_per_sim, 1),
-                                _CHUNK_WORK_BYTES // max(work_per_sim, 1)))
+        largest = max(1, min(n, _CHUNK_MAX_SIMS, _CHUNK_BYTES // max(bytes_per_sim, 1),
+                             _CHUNK_WORK_BYTES // max(work_per_sim, 1)))
+        chunk_size = math.ceil(n / math.ceil(n / largest))  # equal chunks: the last one pads little
     chunk_size = min(int(chunk_size), n)
     return int(math.ceil(chunk_size / n_dev) * n_dev)
 
@@ -723,7 +724,8 @@ def simulate_bank(simulator: Callable, prior, num_simulations: int, *, key, chun
     chunk_size : int, optional
         Simulations per compiled call (bounds memory). Default: as many as fit in about
         256 MiB of output and in about 2 GiB of working memory (noise and trajectories held
-        before a summary, estimated from the simulator's trace), at most 4,096. Rounded up to a multiple of the local device count; the
+        before a summary, estimated from the simulator's trace), at most 4,096, split into
+        chunks of equal size. Rounded up to a multiple of the local device count; the
         parameter axis of each chunk is split over all local devices.
     path : str or Path, optional
         Bank folder. Each finished chunk is written atomically; calling again with the

@@ -77,12 +77,15 @@ def test_default_chunk_bounds_the_working_memory_not_just_the_output(tmp_path):
         z = jax.random.normal(key, (2**22,))
         return jnp.stack([theta[0] + 0.01 * z.mean(), theta[1] + 0.01 * z.std()])
 
-    bank = bmsbi.simulate_bank(wide_sim, PRIOR, 300, key=0, progress=False, path=tmp_path / "wide")
-    chunk = json.loads((tmp_path / "wide" / "manifest.json").read_text())["chunk_size"]
-    assert 16 <= chunk <= 128  # 2 GiB over 16-64 MiB of noise and its temporaries per simulation
-    assert len(bank) == 300 and np.all(np.abs(bank.x - bank.theta) < 0.02)
+    bank = bmsbi.simulate_bank(wide_sim, PRIOR, 130, key=0, progress=False, path=tmp_path / "wide")
+    manifest = json.loads((tmp_path / "wide" / "manifest.json").read_text())
+    # 2 GiB over 16-64 MiB of noise and its temporaries per simulation: 32-128, in equal chunks
+    assert 2 <= manifest["num_chunks"] <= 5 and manifest["chunk_size"] == -(-130 // manifest["num_chunks"])
+    assert len(bank) == 130 and np.all(np.abs(bank.x - bank.theta) < 0.02)
     small = bmsbi.simulate_bank(gauss_sim, PRIOR, 300, key=0, progress=False, path=tmp_path / "small")
     assert json.loads((tmp_path / "small" / "manifest.json").read_text())["chunk_size"] == 300
+    big = bmsbi.simulate_bank(gauss_sim, PRIOR, 5000, key=0, progress=False, path=tmp_path / "big")
+    assert json.loads((tmp_path / "big" / "manifest.json").read_text())["chunk_size"] == 2500  # not 4096 + 904
 
 
 def test_four_host_devices_give_the_same_bank(tmp_path):
