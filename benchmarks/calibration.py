@@ -119,19 +119,23 @@ def sbi_metrics(task, bank, held, args) -> tuple[dict, float, int]:
 
 def npe_for(contender: str, max_epochs: int | None = None) -> bmsbi.NPE:
     """The NPE a contender names; ``max_epochs`` as :class:`bmsbi.NPE` takes it (``None``: sized from the bank)."""
+    return bmsbi.NPE(max_epochs=max_epochs, **npe_settings(contender))
+
+
+def npe_settings(contender: str) -> dict:
+    """The :class:`bmsbi.NPE` arguments that set a contender apart from the default."""
     if contender == "default":
-        return bmsbi.NPE(max_epochs=max_epochs)
+        return {}
     if contender in ("none", "scale", "coverage", "truncated"):
-        return bmsbi.NPE(base_calibration=contender, max_epochs=max_epochs)
+        return {"base_calibration": contender}
     if contender == "unconstrained":
-        return bmsbi.NPE(theta_space="unconstrained", max_epochs=max_epochs)
+        return {"theta_space": "unconstrained"}
     if contender in ("edge", "edge_none"):
-        return bmsbi.NPE(edge_spline=True, base_calibration="none" if contender == "edge_none" else "auto",
-                         max_epochs=max_epochs)
+        return {"edge_spline": True, "base_calibration": "none" if contender == "edge_none" else "auto"}
     if contender.startswith("ensemble"):
         size, *extras = contender[len("ensemble"):].split("_")
-        return bmsbi.NPE(ensemble=int(size), base_calibration="scale" if "scale" in extras else "auto",
-                         edge_spline="edge" in extras, max_epochs=max_epochs)
+        return {"ensemble": int(size), "base_calibration": "scale" if "scale" in extras else "auto",
+                "edge_spline": "edge" in extras}
     raise ValueError(f"contender: expected one of {CONTENDERS}, got {contender!r}")
 
 

@@ -633,7 +633,7 @@ def simulate_at(simulator: Callable, theta, *, key, chunk_size: int | None = Non
     return np.concatenate(out)
 
 
-def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev, work_per_sim=0):
+def _resolve_chunk_size(chunk_size, n, bytes_per_sim, n_dev, work_per_sim):
     if chunk_size is None:
         largest = max(1, min(n, _CHUNK_MAX_SIMS, _CHUNK_BYTES // max(bytes_per_sim, 1),
                              _CHUNK_WORK_BYTES // max(work_per_sim, 1)))
